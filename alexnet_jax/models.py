@@ -1,0 +1,399 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012, section 3) in Flax linen.
+
+Layers are named as the paper names them (conv1 ... conv5, fc6 ... fc8), so
+checkpoints, logs and summaries speak the paper's language. Every choice the
+paper makes is a field whose default is the paper's value, because each one is
+an ablation the paper reports or implies (section 3.3-3.4, 4.2, table notes).
+
+Layout is NHWC throughout. Shapes in comments are for the paper's model with
+227x227 inputs and 1000 classes.
+
+Two towers ("two GPUs", section 3.2): conv2, conv4 and conv5 are grouped
+convolutions, each tower sees only its own half of the maps; conv3 and the FC
+layers see both. Each grouped layer is stored as ONE kernel in
+``feature_group_count`` layout, e.g. conv2's kernel is (5, 5, 48, 256): output
+maps 0..127 are tower 1 and read input maps 0..47, maps 128..255 are tower 2.
+The same parameters therefore run on one device or split over two
+(``alexnet_jax.parallel``).
+"""
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+
+# --------------------------------------------------------------------------
+# Local response normalization (section 3.3)
+# --------------------------------------------------------------------------
+
+
+def _resolve_impl(impl: str) -> str:
+  if impl != 'auto':
+    return impl
+  # XLA:CPU runs a banded (C x C) matmul faster than reduce_window over the
+  # channel axis (../benchmarks/README.md); accelerators do well with either.
+  return 'matmul' if jax.default_backend() == 'cpu' else 'reduce_window'
+
+
+def lrn_band(num_channels: int, depth_radius: int, groups: int = 1,
+             dtype=jnp.float32) -> np.ndarray:
+  """(C, C) 0/1 matrix: band[j, i] = 1 iff channel j is in channel i's window.
+
+  The window is |i - j| <= depth_radius, clipped at the edges of the layer (or of
+  each of ``groups`` equal channel blocks, for per-tower normalization).
+  """
+  idx = np.arange(num_channels)
+  band = np.abs(idx[:, None] - idx[None, :]) <= depth_radius
+  if groups > 1:
+    block = idx // (num_channels // groups)
+    band &= block[:, None] == block[None, :]
+  return band.astype(dtype)
+
+
+def local_response_norm(x: Array, depth_radius: int = 2, bias: float = 2.0,
+                        alpha: float = 1e-4, beta: float = 0.75, *,
+                        groups: int = 1, impl: str = 'auto') -> Array:
+  """The paper's local response normalization over the last (channel) axis.
+
+      b[..., i] = a[..., i] / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a[..., j]^2) ** beta
+
+  with n/2 = ``depth_radius``, k = ``bias``. ``alpha`` multiplies the plain sum
+  of squares, as in the paper and ``tf.nn.local_response_normalization``; PyTorch
+  and Caffe divide alpha by n, so they equal this only with alpha * n.
+
+  Args:
+    x: (..., C) activations (after ReLU in AlexNet).
+    depth_radius, bias, alpha, beta: n/2, k, alpha, beta of the paper (2, 2, 1e-4, 0.75).
+    groups: >1 normalizes within each of ``groups`` contiguous channel blocks
+      (the windows stop at tower boundaries, as on the paper's two GPUs).
+    impl: 'reduce_window' (a sliding sum over channels), 'matmul' (the same sum
+      as a banded (C, C) matmul, faster on XLA:CPU), or 'auto'.
+
+  Returns:
+    Array of x's shape and dtype. Computed in float32 for low-precision inputs.
+  """
+  impl = _resolve_impl(impl)
+  in_dtype = x.dtype
+  xf = x.astype(jnp.promote_types(in_dtype, jnp.float32))
+  sq = xf * xf
+  c = x.shape[-1]
+  if impl == 'matmul':
+    band = jnp.asarray(lrn_band(c, depth_radius, groups, sq.dtype))
+    window_sum = jnp.matmul(sq, band, precision=lax.Precision.HIGHEST)
+  elif impl == 'reduce_window':
+    if groups > 1:
+      sq = sq.reshape(*sq.shape[:-1], groups, c // groups)
+    ndim = sq.ndim
+    window_sum = lax.reduce_window(
+        sq, 0.0, lax.add,
+        window_dimensions=(1,) * (ndim - 1) + (2 * depth_radius + 1,),
+        window_strides=(1,) * ndim,
+        padding=((0, 0),) * (ndim - 1) + ((depth_radius, depth_radius),))
+    window_sum = window_sum.reshape(x.shape)
+  else:
+    raise ValueError(f"Unknown LRN impl {impl!r}; use 'matmul', "
+                     "'reduce_window' or 'auto'.")
+  scale = (bias + alpha * window_sum) ** (-beta)
+  return (xf * scale).astype(in_dtype)
+
+
+# --------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------
+
+# Section 5: "We initialized the weights in each layer from a zero-mean Gaussian
+# distribution with standard deviation 0.01."
+paper_init = nn.initializers.normal(stddev=0.01)
+
+
+class Conv(nn.Module):
+  """2-D convolution whose grouped form stores one (kh, kw, Cin/G, Cout) kernel.
+
+  Parameter names and shapes are those of ``flax.linen.Conv`` with
+  ``feature_group_count=groups``. ``impl='split'`` runs the groups as separate
+  convolutions on channel slices (same parameters, same result; much faster on
+  XLA:CPU than ``feature_group_count``, see benchmarks/README.md).
+  """
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: int = 0
+  groups: int = 1
+  impl: str = 'auto'
+  bias_value: float = 0.0
+  kernel_init: Callable = paper_init
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cin = x.shape[-1]
+    if cin % self.groups or self.features % self.groups:
+      raise ValueError(f'{self.name}: channels {cin}->{self.features} do not '
+                       f'divide into {self.groups} groups.')
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init,
+                        (k, k, cin // self.groups, self.features), self.param_dtype)
+    bias = self.param('bias', nn.initializers.constant(self.bias_value),
+                      (self.features,), self.param_dtype)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    conv = functools.partial(
+        lax.conv_general_dilated, window_strides=(self.strides,) * 2,
+        padding=((self.padding,) * 2,) * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    impl = self.impl
+    if impl == 'auto':
+      impl = 'split' if jax.default_backend() == 'cpu' else 'feature_group'
+    if self.groups == 1:
+      y = conv(x, kernel)
+    elif impl == 'feature_group':
+      y = conv(x, kernel, feature_group_count=self.groups)
+    elif impl == 'split':
+      xs = jnp.split(x, self.groups, axis=-1)
+      ks = jnp.split(kernel, self.groups, axis=-1)
+      y = jnp.concatenate([conv(xi, ki) for xi, ki in zip(xs, ks)], axis=-1)
+    else:
+      raise ValueError(f"Unknown grouped conv impl {impl!r}; use "
+                       "'feature_group', 'split' or 'auto'.")
+    return y + bias
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+  try:
+    return {'relu': nn.relu, 'tanh': jnp.tanh}[name]
+  except KeyError:
+    raise ValueError(f"Unknown activation {name!r}; use 'relu' or 'tanh'.") from None
+
+
+# --------------------------------------------------------------------------
+# AlexNet
+# --------------------------------------------------------------------------
+
+
+class AlexNet(nn.Module):
+  """The network of section 3 / figure 2. Returns logits (softmax is in the loss).
+
+  Call as ``model.apply(variables, images, train=False)`` on (B, H, W, 3) float
+  images; with ``train=True`` pass ``rngs={'dropout': key}``.
+  """
+  num_classes: int = 1000
+  # Section 3.2: two towers. 1 = the ungrouped one-tower model.
+  towers: int = 2
+  # Widths of conv1..conv5 and of fc6/fc7 (section 3.5, figure 2).
+  conv_features: Sequence[int] = (96, 256, 384, 384, 256)
+  fc_features: int = 4096
+  # Input geometry: 227 crops with no conv1 padding (Caffe), or 224 crops with
+  # conv1 padding 2 (torchvision); both give 55x55 after conv1. None = derive:
+  # 2 for 224 inputs, else 0.
+  input_size: int = 227
+  conv1_padding: Optional[int] = None
+  # Section 3.3: response normalization after ReLU in conv1 and conv2.
+  lrn: bool = True
+  lrn_depth_radius: int = 2   # n = 5
+  lrn_bias: float = 2.0       # k
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  # False: windows span all N maps of the layer (the formula's N); True: stop at
+  # the tower boundary, as the paper's per-GPU normalization did.
+  lrn_per_tower: bool = False
+  lrn_impl: str = 'auto'
+  # Section 3.4: overlapping pooling z=3, s=2; z=s=2 is the ablation.
+  pool_window: int = 3
+  pool_stride: int = 2
+  # Section 3.1: ReLU; 'tanh' is the saturating baseline of figure 1.
+  activation: str = 'relu'
+  # Section 4.2: dropout 0.5 on the outputs of fc6 and fc7.
+  dropout_rate: float = 0.5
+  # Section 7: "removing any of the middle layers" costs ~2% top-1.
+  # 0 keeps all; 3, 4 or 5 removes that conv layer.
+  remove_conv: int = 0
+  grouped_conv_impl: str = 'auto'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _conv1_padding(self) -> int:
+    if self.conv1_padding is not None:
+      return self.conv1_padding
+    return 2 if self.input_size == 224 else 0
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f'AlexNet expects (B, H, W, 3) images, got {x.shape}.')
+    if self.remove_conv not in (0, 3, 4, 5):
+      raise ValueError(f'remove_conv must be 0, 3, 4 or 5, got {self.remove_conv}.')
+    act = _activation(self.activation)
+    g = self.towers
+    conv = functools.partial(Conv, impl=self.grouped_conv_impl, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, kernel_init=paper_init, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    lrn = functools.partial(
+        local_response_norm, depth_radius=self.lrn_depth_radius,
+        bias=self.lrn_bias, alpha=self.lrn_alpha, beta=self.lrn_beta,
+        groups=g if self.lrn_per_tower else 1, impl=self.lrn_impl)
+    pool = functools.partial(nn.max_pool, window_shape=(self.pool_window,) * 2,
+                             strides=(self.pool_stride,) * 2, padding='VALID')
+    c1, c2, c3, c4, c5 = self.conv_features
+    # Section 5: biases 1 in conv2, conv4, conv5, fc6, fc7 (speeds early
+    # learning by giving the ReLUs positive inputs); 0 elsewhere.
+    # conv1 is not grouped: each tower computes its half of the 96 kernels on
+    # the whole image, which is one 96-kernel convolution.
+    x = conv(c1, 11, strides=4, padding=self._conv1_padding(), name='conv1')(x)  # (B, 55, 55, 96)
+    x = act(x)
+    if self.lrn:
+      x = lrn(x)
+    x = pool(x)                                                      # (B, 27, 27, 96)
+    x = act(conv(c2, 5, padding=2, groups=g, bias_value=1.0, name='conv2')(x))  # (B, 27, 27, 256)
+    if self.lrn:
+      x = lrn(x)
+    x = pool(x)                                                      # (B, 13, 13, 256)
+    if self.remove_conv != 3:  # conv3 crosses towers: sees all 256 maps.
+      x = act(conv(c3, 3, padding=1, bias_value=0.0, name='conv3')(x))  # (B, 13, 13, 384)
+    if self.remove_conv != 4:
+      x = act(conv(c4, 3, padding=1, groups=g, bias_value=1.0, name='conv4')(x))  # (B, 13, 13, 384)
+    if self.remove_conv != 5:
+      x = act(conv(c5, 3, padding=1, groups=g, bias_value=1.0, name='conv5')(x))  # (B, 13, 13, 256)
+    x = pool(x)                                                      # (B, 6, 6, 256)
+    # Flatten in NHWC (h, w, c) order; importing NCHW weights (Caffe, PyTorch)
+    # permutes fc6's rows accordingly.
+    x = x.reshape(x.shape[0], -1)                                    # (B, 9216)
+    x = act(dense(self.fc_features, bias_init=nn.initializers.ones, name='fc6')(x))  # (B, 4096)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = act(dense(self.fc_features, bias_init=nn.initializers.ones, name='fc7')(x))  # (B, 4096)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = dense(self.num_classes, bias_init=nn.initializers.zeros, name='fc8')(x)  # (B, 1000)
+    return x.astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------
+# Peers' networks
+# --------------------------------------------------------------------------
+
+
+def adaptive_avg_pool(x: Array, output_size: int) -> Array:
+  """torch.nn.AdaptiveAvgPool2d on NHWC: bin i spans [floor(iH/o), ceil((i+1)H/o))."""
+  def pool_axis(x, axis):
+    n = x.shape[axis]
+    parts = []
+    for i in range(output_size):
+      lo, hi = (i * n) // output_size, -((-(i + 1) * n) // output_size)
+      parts.append(lax.slice_in_dim(x, lo, hi, axis=axis).mean(axis=axis, keepdims=True))
+    return jnp.concatenate(parts, axis=axis)
+  return pool_axis(pool_axis(x, 1), 2)
+
+
+class TorchvisionAlexNet(nn.Module):
+  """torchvision.models.alexnet ("one weird trick", Krizhevsky 2014).
+
+  conv 64-192-384-256-256, conv1 stride 4 padding 2, no LRN, no groups,
+  adaptive average pool to 6x6, dropout on the inputs of fc6 and fc7;
+  61,100,840 parameters. PyTorch's default init is not reproduced (this preset
+  exists to import its weights); the paper's init is used.
+  """
+  num_classes: int = 1000
+  dropout_rate: float = 0.5
+  input_size: int = 224
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, kernel_init=paper_init, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
+    x = pool(nn.relu(conv(64, 11, strides=4, padding=2, name='conv1')(x)))   # (B, 27, 27, 64)
+    x = pool(nn.relu(conv(192, 5, padding=2, name='conv2')(x)))              # (B, 13, 13, 192)
+    x = nn.relu(conv(384, 3, padding=1, name='conv3')(x))                    # (B, 13, 13, 384)
+    x = nn.relu(conv(256, 3, padding=1, name='conv4')(x))                    # (B, 13, 13, 256)
+    x = pool(nn.relu(conv(256, 3, padding=1, name='conv5')(x)))              # (B, 6, 6, 256)
+    x = adaptive_avg_pool(x, 6).reshape(x.shape[0], -1)                      # (B, 9216)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(dense(4096, name='fc6')(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(dense(4096, name='fc7')(x))
+    x = dense(self.num_classes, name='fc8')(x)
+    return x.astype(jnp.float32)
+
+
+class Figure1Net(nn.Module):
+  """The four-layer CIFAR-10 CNN of figure 1 (ReLU vs tanh).
+
+  The paper does not print its layers; this follows cuda-convnet's
+  layers-80sec configuration it was run with: three 5x5 conv layers (32, 32,
+  64 maps, padding 2), each followed by 3/2 pooling (max, then average,
+  average), and one fully connected layer to the classes. No regularization.
+  """
+  num_classes: int = 10
+  activation: str = 'relu'
+  input_size: int = 32
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    del train  # No dropout: figure 1 uses no regularization.
+    act = _activation(self.activation)
+    conv = functools.partial(Conv, kernel_size=5, padding=2, dtype=self.dtype,
+                             param_dtype=self.param_dtype,
+                             kernel_init=nn.initializers.normal(1e-2))
+    pool_kw = dict(window_shape=(3, 3), strides=(2, 2), padding=((0, 1), (0, 1)))
+    x = nn.max_pool(act(conv(32, name='conv1')(x)), **pool_kw)   # (B, 16, 16, 32)
+    x = nn.avg_pool(act(conv(32, name='conv2')(x)), **pool_kw)   # (B, 8, 8, 32)
+    x = nn.avg_pool(act(conv(64, name='conv3')(x)), **pool_kw)   # (B, 4, 4, 64)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(1e-2),
+                 dtype=self.dtype, param_dtype=self.param_dtype, name='fc4')(x)
+    return x.astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------
+# Presets and construction from config
+# --------------------------------------------------------------------------
+
+PRESETS = {
+    # The paper's model (section 3), two towers, 227 crops.
+    'alexnet': AlexNet,
+    # A tiny AlexNet with the same topology, for tests and CPU smoke runs.
+    'alexnet_tiny': functools.partial(AlexNet, conv_features=(8, 16, 24, 24, 16),
+                                      fc_features=64),
+    'torchvision': TorchvisionAlexNet,
+    'figure1': Figure1Net,
+}
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def create_model(model_config) -> nn.Module:
+  """Builds a model from ``config.model`` (a ConfigDict or dict).
+
+  ``name`` picks a preset; every other key is a field of that module, so any
+  field is overridable from the command line (``--config.model.lrn=False``).
+  """
+  kwargs = dict(model_config)
+  name = kwargs.pop('name', 'alexnet')
+  if name not in PRESETS:
+    raise ValueError(f'Unknown model {name!r}; choose one of {sorted(PRESETS)}.')
+  if isinstance(kwargs.get('dtype'), str):
+    kwargs['dtype'] = _DTYPES[kwargs['dtype']]
+  if isinstance(kwargs.get('param_dtype'), str):
+    kwargs['param_dtype'] = _DTYPES[kwargs['param_dtype']]
+  cls = PRESETS[name]
+  fields = getattr(cls, 'func', cls).__dataclass_fields__
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f'config.model has keys {unknown} that model {name!r} does '
+                     f'not take; its fields are {sorted(f for f in fields if f not in ("parent", "name"))}.')
+  return cls(**kwargs)
+
+
+def input_shape(model: nn.Module) -> tuple:
+  """(H, W, 3) of the images ``model`` expects."""
+  return (model.input_size, model.input_size, 3)

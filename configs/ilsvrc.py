@@ -1,0 +1,123 @@
+r"""The paper's recipe: AlexNet on ILSVRC-2012 (tfds `imagenet2012`).
+
+Command (one host, all local accelerators):
+
+  python -m alexnet_jax.main --config=configs/ilsvrc.py --workdir=$WORKDIR \
+      --config.dataset.data_dir=$TFDS_DATA_DIR
+
+Data: tfds `imagenet2012` needs a manual download. Put ILSVRC2012_img_train.tar
+and ILSVRC2012_img_val.tar in $TFDS_DATA_DIR/downloads/manual/ and run
+`tfds build imagenet2012 --data_dir=$TFDS_DATA_DIR` (or just start the job: it
+prints these steps if the dataset is missing).
+
+Hardware and time: the paper trained ~90 epochs in 5-6 days on two GTX 580
+3GB GPUs. Ours has not yet been run to completion on ImageNet; see
+benchmarks/README.md for measured step rates.
+
+Target (paper, ILSVRC-2012 val, one CNN): 40.7% top-1 / 18.2% top-5 error
+(10-crop evaluation, section 6). Single-crop error is higher by ~1-2%.
+
+Every number below cites the paper section it comes from; deviations from the
+paper are named switches whose defaults are the paper's.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  """Returns the paper's config. `arg='runlocal'` shrinks it for a smoke run."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---------------------------------------------------------------- data
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.source = 'tfds'         # 'tfds' | 'folder' | 'digits'
+  config.dataset.name = 'imagenet2012'   # tfds builder name (source='tfds')
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)    # tfds data_dir
+  config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # ILSVRC tars
+  config.dataset.folder = ml_collections.config_dict.placeholder(str)  # source='folder': root/{train,val}/CLASS/*.jpg
+  config.dataset.train_split = 'train'
+  config.dataset.eval_split = 'validation'
+  config.dataset.image_key = 'image'
+  config.dataset.label_key = 'label'
+  config.dataset.shuffle_buffer = 16_384
+  config.dataset.cache = False
+  config.dataset.prefetch = 2            # batches prefetched to device
+
+  # ------------------------------------------- preprocessing (section 4.1)
+  config.input = ml_collections.ConfigDict()
+  config.input.resize_size = 256         # rescale the shorter side to 256 ...
+  config.input.central_crop = True       # ... and take the central 256x256 crop
+  # Crops are config.model.input_size (227, or 224 with conv1 padding 2).
+  config.input.random_crop = True        # random crops of the 256x256 image
+  config.input.flip = True               # and their horizontal reflections
+  config.input.pca_lighting = 0.1        # std of alpha_i in PCA colour augmentation; 0 = off
+  config.input.random_resized_crop = False  # modern (Inception) crops instead; not the paper's
+  config.input.mean = 'image'            # subtract the training mean 'image' | 'channel' | 'none'
+  config.input.stats_path = ml_collections.config_dict.placeholder(str)  # from `python -m alexnet_jax.stats`; None = published ImageNet constants
+
+  # --------------------------------------------- model (section 3, figure 2)
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'alexnet'
+  config.model.num_classes = 1000
+  config.model.towers = 2                # section 3.2: two GPUs
+  config.model.input_size = 227          # 224 gives conv1 padding 2 (torchvision geometry)
+  config.model.conv_features = (96, 256, 384, 384, 256)  # figure 2
+  config.model.fc_features = 4096
+  config.model.lrn = True                # section 3.3
+  config.model.lrn_depth_radius = 2      # n = 5
+  config.model.lrn_bias = 2.0            # k
+  config.model.lrn_alpha = 1e-4
+  config.model.lrn_beta = 0.75
+  config.model.lrn_per_tower = False     # True: windows stop at the tower boundary (per-GPU LRN)
+  config.model.pool_window = 3           # section 3.4: z = 3
+  config.model.pool_stride = 2           # s = 2 (overlapping)
+  config.model.activation = 'relu'       # section 3.1
+  config.model.dropout_rate = 0.5        # section 4.2
+  config.model.remove_conv = 0           # section 7 ablation: 3, 4 or 5
+  config.model.dtype = 'float32'         # compute dtype; 'bfloat16' for mixed precision
+
+  # ------------------------------------------------- training (section 5)
+  config.batch_size = 128                # global batch
+  config.num_epochs = 90.0               # "roughly 90 cycles"
+  config.num_train_steps = -1            # > 0 overrides num_epochs
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.01  # eps, "initialized at 0.01"
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.weight_decay_on = 'all'   # paper: all parameters | 'kernels' (Caffe: weights only)
+  config.optimizer.rule = 'paper'        # v <- m v - wd eps w - eps g | 'trace_then_scale' (optax.sgd)
+
+  config.schedule = ml_collections.ConfigDict()
+  # 'plateau': divide by 10 when the validation error stops improving (paper);
+  # 'step': divide by `factor` at `step_epochs`; 'cosine': warmup + cosine; 'constant'.
+  config.schedule.name = 'plateau'
+  config.schedule.factor = 0.1
+  config.schedule.patience = 4           # evaluations without improvement before a drop (our choice)
+  config.schedule.min_delta = 1e-3       # improvement in top-1 error that resets patience (our choice)
+  config.schedule.max_drops = 3          # "reduced three times prior to termination"
+  config.schedule.step_epochs = (30, 60, 80)
+  config.schedule.warmup_epochs = 0.0
+
+  # ----------------------------------------- evaluation (section 6)
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 256
+  config.eval.every_epochs = 1.0
+  config.eval.ten_crop = True            # also the paper's 10-crop softmax average
+
+  # ------------------------------------------- logging and checkpoints
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  config.keep_checkpoints = 3            # plus the best by validation top-1 error
+  config.async_checkpoints = True
+
+  # ------------------------------------------------------- parallelism
+  config.mesh = (-1, 1)                  # (data, model); model=2 puts one tower per device
+
+  if arg == 'runlocal':
+    config.batch_size = 8
+    config.eval.batch_size = 8
+    config.num_train_steps = 4
+    config.dataset.shuffle_buffer = 64
+    config.log_every_steps = 1
+  return config
