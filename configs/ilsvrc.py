@@ -54,6 +54,9 @@ def get_config(arg=None):
   config.input.pca_lighting = 0.1        # std of alpha_i in PCA colour augmentation; 0 = off
   config.input.random_resized_crop = False  # modern (Inception) crops instead; not the paper's
   config.input.mean = 'image'            # subtract the training mean 'image' | 'channel' | 'none'
+  # Network input = (pixel - mean) * pixel_scale, pixels in 0..255. The paper
+  # (and Caffe) feed raw mean-subtracted 0..255 values: scale 1.
+  config.input.pixel_scale = 1.0
   config.input.stats_path = ml_collections.config_dict.placeholder(str)  # from `python -m alexnet_jax.stats`; None = published ImageNet constants
 
   # --------------------------------------------- model (section 3, figure 2)
@@ -75,6 +78,7 @@ def get_config(arg=None):
   config.model.activation = 'relu'       # section 3.1
   config.model.dropout_rate = 0.5        # section 4.2
   config.model.remove_conv = 0           # section 7 ablation: 3, 4 or 5
+  config.model.kernel_init = 'paper'     # section 5: N(0, 0.01^2); 'he' = N(0, 2/fan_in)
   config.model.dtype = 'float32'         # compute dtype; 'bfloat16' for mixed precision
 
   # ------------------------------------------------- training (section 5)

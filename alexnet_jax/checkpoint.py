@@ -1,0 +1,109 @@
+"""Orbax checkpoints: the last K steps plus the best by validation error.
+
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint intact.
+Every checkpoint carries a small JSON record of the model config and the
+parameter shapes; restoring into a different model is refused with a message.
+"""
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint in the workdir was written by an incompatible config."""
+
+
+def _shapes(tree: Any) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): list(np.shape(x)) for path, x in flat}
+
+
+def describe(config, params: Any) -> dict:
+  """The record saved beside each checkpoint, checked on restore."""
+  return {'model': config.model.to_dict(), 'param_shapes': _shapes(params)}
+
+
+def _json_safe(tree):
+  if isinstance(tree, dict):
+    return {k: _json_safe(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_json_safe(v) for v in tree]
+  return tree
+
+
+class Checkpointer:
+  """Two orbax managers under `workdir`: `checkpoints/` (latest) and `best/`."""
+
+  def __init__(self, workdir: str, *, every_steps: int, keep: int,
+               use_async: bool = True):
+    def options(**kw):
+      return ocp.CheckpointManagerOptions(
+          create=True, enable_async_checkpointing=use_async, **kw)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        options=options(max_to_keep=keep, save_interval_steps=every_steps))
+    self.best = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'best'),
+        options=options(max_to_keep=1, best_fn=lambda m: m['top1_error'],
+                        best_mode='min'))
+
+  def latest_step(self) -> Optional[int]:
+    return self.latest.latest_step()
+
+  def restore(self, state: Any, description: dict, step: Optional[int] = None) -> Any:
+    """Restores `state` (an abstract or concrete train state) from the latest step."""
+    step = self.latest.latest_step() if step is None else step
+    saved = self.latest.restore(step, args=ocp.args.Composite(
+        description=ocp.args.JsonRestore()))['description']
+    check_compatible(saved, _json_safe(description), self.latest.directory)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    logging.info('Restored step %d from %s', step, self.latest.directory)
+    return restored['state']
+
+  def save(self, step: int, state: Any, description: dict, force: bool = False) -> bool:
+    return self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        description=ocp.args.JsonSave(_json_safe(description))), force=force)
+
+  def save_best(self, step: int, state: Any, description: dict, metrics: dict) -> None:
+    self.best.save(step, metrics={k: float(v) for k, v in metrics.items()},
+                   args=ocp.args.Composite(
+                       state=ocp.args.StandardSave(state),
+                       description=ocp.args.JsonSave(_json_safe(description))),
+                   force=True)
+
+  def close(self) -> None:
+    for m in (self.latest, self.best):
+      m.wait_until_finished()
+      m.close()
+
+
+def check_compatible(saved: dict, current: dict, where: Any) -> None:
+  """Raises CheckpointMismatchError naming what differs."""
+  problems = []
+  if saved.get('param_shapes') != current['param_shapes']:
+    a, b = saved.get('param_shapes', {}), current['param_shapes']
+    for k in sorted(set(a) | set(b)):
+      if a.get(k) != b.get(k):
+        problems.append(f'  {k}: checkpoint {a.get(k)} vs config {b.get(k)}')
+  if problems:
+    diff = [f'  model.{k}: checkpoint {v!r} vs config {current["model"].get(k)!r}'
+            for k, v in sorted(saved.get('model', {}).items())
+            if current['model'].get(k) != v]
+    raise CheckpointMismatchError(
+        f'The checkpoint in {where} was written by a different model and cannot be '
+        'restored into this config.\nConfig differences:\n' + ('\n'.join(diff) or '  (none)') +
+        '\nParameter shapes that differ:\n' + '\n'.join(problems[:10]) +
+        '\nUse a new --workdir, or rerun with the config that wrote the checkpoint.')
+  if saved.get('model') != current['model']:
+    logging.warning('Resuming from a checkpoint whose model config differs (shapes match): %s',
+                    {k: (v, current['model'].get(k)) for k, v in saved['model'].items()
+                     if current['model'].get(k) != v})

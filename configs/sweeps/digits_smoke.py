@@ -1,0 +1,24 @@
+r"""Three tiny runs on the no-download digits set: baseline, no LRN, s = z = 2.
+
+A smoke test of the whole sweep -> report path (2 CPU cores: a few minutes):
+
+  python -m alexnet_jax.sweep --sweep=configs/sweeps/digits_smoke.py \
+      --workdir_root=/tmp/digits_smoke --engine=local
+  python -m alexnet_jax.report /tmp/digits_smoke
+
+The entries are the paper_ablations ones of the same names, so the report
+shows the paper's numbers beside them. Three epochs are far too short for the
+differences to mean anything; the point is the plumbing.
+"""
+
+BASE = 'configs/digits.py'
+COMMON = {'num_epochs': 3.0, 'eval.every_epochs': 3.0}
+
+
+def get_sweep():
+  return [
+      {'name': 'baseline'},
+      {'name': 'no_lrn', 'model.lrn': False},
+      {'name': 'no_overlap_pool',
+       'model.pool_window': 2, 'model.pool_stride': 2},
+  ]
