@@ -36,6 +36,7 @@ def get_config(arg=None):
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)    # tfds data_dir
   config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # ILSVRC tars
   config.dataset.folder = ml_collections.config_dict.placeholder(str)  # source='folder': root/{train,val}/CLASS/*.jpg
+  config.dataset.download = False        # imagenet2012 needs a manual download (see above)
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'validation'
   config.dataset.image_key = 'image'
