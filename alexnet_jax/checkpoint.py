@@ -6,13 +6,13 @@ Every checkpoint carries a small JSON record of the model config and the
 parameter shapes; restoring into a different model is refused with a message.
 """
 
-import os
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 class CheckpointMismatchError(ValueError):
@@ -45,11 +45,12 @@ class Checkpointer:
     def options(**kw):
       return ocp.CheckpointManagerOptions(
           create=True, enable_async_checkpointing=use_async, **kw)
+    workdir = epath.Path(workdir)
     self.latest = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        workdir / 'checkpoints',
         options=options(max_to_keep=keep, save_interval_steps=every_steps))
     self.best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'best'),
+        workdir / 'best',
         options=options(max_to_keep=1, best_fn=lambda m: m['top1_error'],
                         best_mode='min'))
 
