@@ -44,6 +44,7 @@ def get_config(arg=None):
   config.dataset.shuffle_buffer = 16_384
   config.dataset.cache = False
   config.dataset.prefetch = 2            # batches prefetched to device
+  config.dataset.threads = 0             # tf.data threads; 0 = one per CPU core
 
   # ------------------------------------------- preprocessing (section 4.1)
   config.input = ml_collections.ConfigDict()
@@ -54,11 +55,30 @@ def get_config(arg=None):
   config.input.flip = True               # and their horizontal reflections
   config.input.pca_lighting = 0.1        # std of alpha_i in PCA colour augmentation; 0 = off
   config.input.random_resized_crop = False  # modern (Inception) crops instead; not the paper's
+  config.input.rrc_area = (0.08, 1.0)    # ... their area fraction (Szegedy et al. 2015)
+  config.input.rrc_aspect = (3 / 4, 4 / 3)  # ... and aspect ratio range
+  # The paper does not say how it rescales. False: bilinear sampling (OpenCV's
+  # INTER_LINEAR, as Caffe's bvlc_alexnet data); True: antialiased bilinear
+  # (PIL, torchvision), ~2x slower on CPU (benchmarks/input_pipeline.py).
+  config.input.antialias = False
+  # Training patches from a window rounded to whole source pixels (< 0.5 px off
+  # the exact grid, ~2x cheaper); False: exact like evaluation (preprocessing.py).
+  config.input.fast_train_resample = True
   config.input.mean = 'image'            # subtract the training mean 'image' | 'channel' | 'none'
   # Network input = (pixel - mean) * pixel_scale, pixels in 0..255. The paper
   # (and Caffe) feed raw mean-subtracted 0..255 values: scale 1.
   config.input.pixel_scale = 1.0
   config.input.stats_path = ml_collections.config_dict.placeholder(str)  # from `python -m alexnet_jax.stats`; None = published ImageNet constants
+  # Published ImageNet statistics, NOT from the paper: the fallback without a
+  # stats_path. Per-channel RGB mean of 0..255 pixels (Caffe/VGG), and the PCA
+  # of the RGB covariance of pixels scaled to [0, 1] (fb.resnet.torch):
+  # eigenvalues, eigenvectors as columns. PCA noise on 0..255 pixels is
+  # 255 * P (alpha * lambda) (alexnet_jax/preprocessing.py).
+  config.input.published_mean_rgb = (123.68, 116.78, 103.94)
+  config.input.published_pca_eigval = (0.2175, 0.0188, 0.0045)
+  config.input.published_pca_eigvec = ((-0.5675, 0.7192, 0.4009),
+                                       (-0.5808, -0.0045, -0.8140),
+                                       (-0.5836, -0.6948, 0.4203))
 
   # --------------------------------------------- model (section 3, figure 2)
   config.model = ml_collections.ConfigDict()

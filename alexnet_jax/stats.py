@@ -1,0 +1,162 @@
+r"""Training-set statistics for section 4.1: the mean image and the RGB PCA.
+
+"We did not pre-process the images in any other way, except for subtracting
+the mean activity over the training set from each pixel" and "we perform PCA
+on the set of RGB pixel values throughout the ImageNet training set".
+
+Command (a sample of the training split, in the pipeline's training order):
+
+  python -m alexnet_jax.stats --config=configs/ilsvrc.py \
+      --config.dataset.data_dir=$TFDS_DATA_DIR --num_images=50000 \
+      --output=$TFDS_DATA_DIR/alexnet_stats_256.npz
+
+then train with --config.input.stats_path=<that file>. Without a stats file
+the published ImageNet constants in config.input.published_* are used (and
+logged as such); the digits dataset computes its statistics in memory.
+
+The mean image is of the R x R images (R = config.input.resize_size: shorter
+side rescaled to R, central crop) on the 0-255 scale. The covariance is of RGB
+pixels scaled to [0, 1] (see alexnet_jax.preprocessing for the pixel scale of
+the PCA noise); eigenvalues are sorted in decreasing order, eigenvectors are
+the columns of ``eigvec``.
+"""
+
+import dataclasses
+import io
+from typing import Iterable, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+  """mean_image: (R, R, 3) float32, 0-255. eigval (3,), eigvec (3, 3): PCA of [0, 1] RGB."""
+  mean_image: np.ndarray
+  eigval: np.ndarray
+  eigvec: np.ndarray
+  num_images: int
+  source: str           # 'computed: <dataset>' | 'published ImageNet constants'
+
+  @property
+  def channel_mean(self) -> np.ndarray:
+    return self.mean_image.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (3,)
+
+
+def compute(images: Iterable[np.ndarray], source: str = 'computed') -> Stats:
+  """Mean image and RGB PCA from batches of (n, R, R, 3) float 0-255 images."""
+  count, pixels = 0, 0
+  image_sum = rgb_sum = outer_sum = None
+  for batch in images:
+    batch = np.asarray(batch, np.float64)
+    if image_sum is None:
+      image_sum = np.zeros(batch.shape[1:])
+      rgb_sum, outer_sum = np.zeros(3), np.zeros((3, 3))
+    image_sum += batch.sum(0)
+    rgb = batch.reshape(-1, 3) / 255.0  # [0, 1] pixels
+    rgb_sum += rgb.sum(0)
+    outer_sum += rgb.T @ rgb
+    count += batch.shape[0]
+    pixels += rgb.shape[0]
+  if not count:
+    raise ValueError('No images to compute statistics from.')
+  mean_rgb = rgb_sum / pixels
+  cov = outer_sum / pixels - np.outer(mean_rgb, mean_rgb)
+  eigval, eigvec = np.linalg.eigh(cov)
+  order = np.argsort(eigval)[::-1]
+  return Stats(mean_image=(image_sum / count).astype(np.float32),
+               eigval=eigval[order].astype(np.float32),
+               eigvec=eigvec[:, order].astype(np.float32),
+               num_images=count, source=source)
+
+
+def published(config) -> Stats:
+  """The published ImageNet constants of config.input (not from the paper)."""
+  r = config.input.resize_size
+  mean = np.asarray(config.input.published_mean_rgb, np.float32)
+  return Stats(mean_image=np.broadcast_to(mean, (r, r, 3)).copy(),
+               eigval=np.asarray(config.input.published_pca_eigval, np.float32),
+               eigvec=np.asarray(config.input.published_pca_eigvec, np.float32),
+               num_images=0, source='published ImageNet constants')
+
+
+def save(stats: Stats, path: str) -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()  # np.savez seeks; gfile (e.g. GCS) files do not
+  np.savez(buf, mean_image=stats.mean_image, eigval=stats.eigval,
+           eigvec=stats.eigvec, num_images=stats.num_images, source=stats.source)
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(buf.getvalue())
+
+
+def load(path: str) -> Stats:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    d = np.load(io.BytesIO(f.read()))
+    return Stats(mean_image=d['mean_image'], eigval=d['eigval'],
+                 eigvec=d['eigvec'], num_images=int(d['num_images']),
+                 source=f'{d["source"]} ({path})')
+
+
+_DIGITS_CACHE = {}
+
+
+def for_config(config) -> Stats:
+  """The statistics config.input asks for: stats_path, else computed (digits), else published."""
+  r = config.input.resize_size
+  if config.input.stats_path:
+    stats = load(config.input.stats_path)
+    if stats.mean_image.shape != (r, r, 3):
+      raise ValueError(
+          f'{config.input.stats_path} holds a {stats.mean_image.shape} mean image '
+          f'but config.input.resize_size={r}; recompute it with alexnet_jax.stats.')
+    return stats
+  if config.dataset.source == 'digits':  # small and in memory: compute exactly
+    key = (r, config.input.antialias)
+    if key not in _DIGITS_CACHE:
+      from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+      _DIGITS_CACHE[key] = compute(
+          input_pipeline.stats_images(config, num_images=None),
+          source='computed: digits train split')
+    return _DIGITS_CACHE[key]
+  logging.warning('config.input.stats_path is not set: using the published ImageNet '
+                  'mean and PCA constants (run `python -m alexnet_jax.stats`).')
+  return published(config)
+
+
+# ------------------------------------------------------------------ command
+# Flags are defined only when this module is the program, so that importing it
+# (input_pipeline does) does not clash with alexnet_jax.main's --config.
+
+
+def _define_flags():
+  config_flags.DEFINE_config_file('config', None, 'Training config.',
+                                  lock_config=True)
+  flags.DEFINE_integer('num_images', 10_000, 'Training images to sample (in '
+                       "the pipeline's seeded training order); <= 0: all.")
+  flags.DEFINE_string('output', None, 'Where to write the .npz.')
+  flags.mark_flags_as_required(['config', 'output'])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.experimental.set_visible_devices([], 'GPU')
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config, output = flags.FLAGS.config, flags.FLAGS.output
+  n: Optional[int] = flags.FLAGS.num_images if flags.FLAGS.num_images > 0 else None
+  stats = compute(input_pipeline.stats_images(config, num_images=n),
+                  source=f'computed: {config.dataset.name} {config.dataset.train_split}')
+  save(stats, output)
+  logging.info('Wrote %s: %d images; channel mean %s; PCA eigenvalues %s; '
+               'eigenvectors (columns)\n%s', output, stats.num_images,
+               np.round(stats.channel_mean, 2), stats.eigval, stats.eigvec)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

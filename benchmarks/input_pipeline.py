@@ -1,0 +1,266 @@
+r"""Training input pipeline throughput, ours (tf.data) vs the usual PyTorch one.
+
+Both read the same real ImageNet JPEGs (default ../shared/data/imagenet-sample/,
+each file repeated --repeat times) on the same CPU cores: every measurement
+runs in its own process pinned (sched_setaffinity) to the first N cores, with
+N tf.data threads or N DataLoader workers. Pipelines and rounds alternate, and
+the table reports the median round.
+
+  ours:  alexnet_jax.input_pipeline.train_iterator on a folder source, the
+         paper's recipe as configs/ilsvrc.py sets it: fused decode-and-crop of
+         the 227 patch of the shorter-side-256 central crop, random crop, flip,
+         PCA lighting, mean image subtracted, float32 batches in NumPy (with
+         config.input.antialias False, the default, and True).
+  torch: torch.utils.data.DataLoader over PIL, the transforms torchvision
+         applies to PIL images: Resize(256) (PIL antialiased bilinear),
+         CenterCrop(256), RandomCrop(227), RandomHorizontalFlip, ToTensor and a
+         mean subtraction, collated to float32 batches. torchvision itself is not
+         used: from PyPI it brings a CUDA build of torch and does not import with
+         the CPU build (MEASURED.md); its PIL transforms are these PIL calls.
+
+  pip install -r benchmarks/requirements.txt
+  python benchmarks/input_pipeline.py --cores=1,2 --output=/tmp/input_pipeline.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample')
+RESIZE, CROP = 256, 227
+MEAN_RGB = (123.68, 116.78, 103.94)
+
+
+def make_folder(data: str, repeat: int, root: str) -> int:
+  """root/train/<wnid>/<k>_<file> symlinks to the sample (wnid = name prefix)."""
+  files = sorted(f for f in os.listdir(data) if f.lower().endswith(('.jpeg', '.jpg')))
+  for f in files:
+    wnid = f.split('_')[0]
+    for split in ('train', 'val'):
+      os.makedirs(os.path.join(root, split, wnid), exist_ok=True)
+    for k in range(repeat):
+      os.symlink(os.path.abspath(os.path.join(data, f)),
+                 os.path.join(root, 'train', wnid, f'{k}_{f}'))
+    os.symlink(os.path.abspath(os.path.join(data, f)), os.path.join(root, 'val', wnid, f))
+  return len(files) * repeat
+
+
+# ------------------------------------------------------------------ workers
+
+
+def tree_cpu_seconds(pid: int) -> float:
+  """User + system CPU seconds of a process, its threads and its children (Linux /proc)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      fields = f.read().rsplit(')', 1)[1].split()
+  except FileNotFoundError:
+    return 0.0
+  total = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+  for task in os.listdir(f'/proc/{pid}/task'):
+    try:
+      with open(f'/proc/{pid}/task/{task}/children') as f:
+        total += sum(tree_cpu_seconds(int(c)) for c in f.read().split())
+    except FileNotFoundError:
+      pass
+  return total
+
+
+class Timer:
+  """Wall seconds and CPU seconds (this process and its children) of a block."""
+
+  def __enter__(self):
+    self.wall, self.cpu = time.perf_counter(), tree_cpu_seconds(os.getpid())
+    return self
+
+  def __exit__(self, *exc):
+    self.wall = time.perf_counter() - self.wall
+    self.cpu = tree_cpu_seconds(os.getpid()) - self.cpu
+
+
+def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool):
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.path.insert(0, ROOT)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from configs import ilsvrc  # pylint: disable=g-import-not-at-top
+  config = ilsvrc.get_config()
+  config.dataset.source = 'folder'
+  config.dataset.folder = root
+  config.dataset.eval_split = 'val'
+  config.dataset.threads = threads
+  config.input.antialias = antialias
+  n = input_pipeline.dataset_info(config).num_train
+  steps = n // batch
+  it = input_pipeline.train_iterator(config, batch_size=batch)
+  for _ in range(steps):  # warm-up pass: tracing, file cache, autotuning
+    next(it)
+  with Timer() as t:
+    for _ in range(steps * passes):
+      b = next(it)
+  assert b['image'].shape == (batch, CROP, CROP, 3)
+  return steps * passes * batch, t
+
+
+class _PilTrainSet:
+  """torchvision's Resize/CenterCrop/RandomCrop/RandomHorizontalFlip/ToTensor on PIL."""
+
+  def __init__(self, paths, labels):
+    self.paths, self.labels = paths, labels
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, i):
+    import random  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with open(self.paths[i], 'rb') as f:
+      img = Image.open(f).convert('RGB')
+    w, h = img.size                                    # Resize(256)
+    if w <= h:
+      size = (RESIZE, int(RESIZE * h / w))
+    else:
+      size = (int(RESIZE * w / h), RESIZE)
+    img = img.resize(size, Image.BILINEAR)
+    w, h = img.size                                    # CenterCrop(256)
+    top, left = int(round((h - RESIZE) / 2.0)), int(round((w - RESIZE) / 2.0))
+    img = img.crop((left, top, left + RESIZE, top + RESIZE))
+    top, left = random.randint(0, RESIZE - CROP), random.randint(0, RESIZE - CROP)
+    img = img.crop((left, top, left + CROP, top + CROP))  # RandomCrop(227)
+    if random.random() < 0.5:                          # RandomHorizontalFlip()
+      img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)  # ToTensor
+    mean = torch.tensor(MEAN_RGB).view(3, 1, 1) / 255
+    return x.sub_(mean), self.labels[i]                # Normalize(mean, std=1)
+
+
+def run_torch(root: str, workers: int, batch: int, passes: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
+  train = os.path.join(root, 'train')
+  classes = sorted(os.listdir(train))
+  paths, labels = [], []
+  for label, c in enumerate(classes):
+    for f in sorted(os.listdir(os.path.join(train, c))):
+      paths.append(os.path.join(train, c, f))
+      labels.append(label)
+  loader = torch.utils.data.DataLoader(
+      _PilTrainSet(paths, labels), batch_size=batch, shuffle=True, drop_last=True,
+      num_workers=workers, persistent_workers=True, prefetch_factor=4)
+  for _ in loader:  # warm-up pass: worker start-up, file cache
+    pass
+  count = 0
+  with Timer() as t:
+    for _ in range(passes):
+      for x, _ in loader:
+        count += x.shape[0]
+  assert x.shape == (batch, 3, CROP, CROP)
+  return count, t
+
+
+def worker_main(args) -> None:
+  os.sched_setaffinity(0, set(range(args.n)))
+  if args.pipeline == 'torch':
+    count, t = run_torch(args.root, args.n, args.batch, args.passes)
+  else:
+    count, t = run_ours(args.root, args.n, args.batch, args.passes,
+                        antialias=args.pipeline == 'ours_antialias')
+  print(json.dumps({'rate': count / t.wall, 'per_cpu_second': count / t.cpu}))
+
+
+# ------------------------------------------------------------------- driver
+
+PIPELINES = {
+    'ours': 'tf.data (ours): fused decode+crop, flip, PCA, mean image; bilinear',
+    'ours_antialias': 'tf.data (ours): same, antialiased bilinear (PIL-like)',
+    'torch': 'PyTorch DataLoader + PIL (torchvision PIL transforms), AA bilinear',
+}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--data', default=DEFAULT_DATA)
+  parser.add_argument('--repeat', type=int, default=4)
+  parser.add_argument('--cores', default='1,2')
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--passes', type=int, default=2)
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--pipelines', default=','.join(PIPELINES))
+  parser.add_argument('--output', default=None, help='JSON results path')
+  # Internal: one measurement in a pinned process.
+  parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--pipeline', help=argparse.SUPPRESS)
+  parser.add_argument('--root', help=argparse.SUPPRESS)
+  parser.add_argument('--n', type=int, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    return worker_main(args)
+
+  if not os.path.isdir(args.data):
+    sys.exit(f'No image folder {args.data} (the benchmark needs real JPEGs: '
+             'pass --data=DIR of <wnid>_*.JPEG files).')
+  cores = [int(c) for c in args.cores.split(',')]
+  available = len(os.sched_getaffinity(0))
+  if max(cores) > available:
+    sys.exit(f'--cores={args.cores} but only {available} cores are available.')
+  pipelines = args.pipelines.split(',')
+  results = {(p, n): [] for p in pipelines for n in cores}
+  with tempfile.TemporaryDirectory() as root:
+    num = make_folder(args.data, args.repeat, root)
+    print(f'{num} images ({args.repeat} x {num // args.repeat} files in {args.data}), '
+          f'batch {args.batch}, {args.passes} timed passes, {args.rounds} rounds, '
+          f'load average before: {os.getloadavg()[0]:.2f}', flush=True)
+    for r in range(args.rounds):
+      for n in cores:
+        for p in pipelines:
+          cmd = [sys.executable, os.path.abspath(__file__), '--worker', f'--pipeline={p}',
+                 f'--root={root}', f'--n={n}', f'--batch={args.batch}',
+                 f'--passes={args.passes}']
+          out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+          result = json.loads(out.stdout.strip().splitlines()[-1])
+          results[(p, n)].append(result)
+          print(f'  round {r + 1}: {p:15s} {n} core(s): {result["rate"]:7.1f} img/s, '
+                f'{result["per_cpu_second"]:7.1f} img per CPU-second', flush=True)
+
+  rows = []
+  for n in cores:
+    def median(p, key):
+      return statistics.median(x[key] for x in results[(p, n)])
+    for p in pipelines:
+      row = {'pipeline': PIPELINES[p], 'key': p, 'cores': n, 'threads_or_workers': n,
+             'img_per_s': median(p, 'rate'), 'img_per_s_per_core': median(p, 'rate') / n,
+             'img_per_cpu_second': median(p, 'per_cpu_second'), 'rounds': results[(p, n)]}
+      if 'torch' in pipelines:
+        row['vs_torch_per_cpu_second'] = row['img_per_cpu_second'] / median(
+            'torch', 'per_cpu_second')
+        row['vs_torch_wall'] = row['img_per_s'] / median('torch', 'rate')
+      rows.append(row)
+  lines = ['| pipeline | cores | threads/workers | img/s | img/s per core | '
+           'img per CPU-second | vs PyTorch (per CPU-s, wall) |',
+           '|---|---|---|---|---|---|---|']
+  for r in rows:
+    vs = (f'{r["vs_torch_per_cpu_second"]:.2f}x, {r["vs_torch_wall"]:.2f}x'
+          if 'vs_torch_wall' in r else '')
+    lines.append(f'| {r["pipeline"]} | {r["cores"]} | {r["threads_or_workers"]} | '
+                 f'{r["img_per_s"]:.0f} | {r["img_per_s_per_core"]:.0f} | '
+                 f'{r["img_per_cpu_second"]:.0f} | {vs} |')
+  print('\n'.join(lines))
+  print(f'load average after: {os.getloadavg()[0]:.2f}. img/s is wall clock on the '
+        'pinned cores (lower when other processes share them); img per CPU-second '
+        'counts the CPU time the pipeline itself used (its threads, its workers).')
+  if args.output:
+    with open(args.output, 'w') as f:
+      json.dump({'images': num, 'batch': args.batch, 'rows': rows,
+                 'cpu_count': os.cpu_count(), 'table': lines}, f, indent=2)
+
+
+if __name__ == '__main__':
+  main()
