@@ -42,16 +42,20 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int,
                use_async: bool = True):
-    def options(**kw):
+    def options(name, **kw):
+      # Both managers can save the same step at once; on several hosts their
+      # async-commit barriers (keyed by step) would collide without a prefix.
       return ocp.CheckpointManagerOptions(
-          create=True, enable_async_checkpointing=use_async, **kw)
+          create=True, enable_async_checkpointing=use_async,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=name), **kw)
     workdir = epath.Path(workdir)
     self.latest = ocp.CheckpointManager(
         workdir / 'checkpoints',
-        options=options(max_to_keep=keep, save_interval_steps=every_steps))
+        options=options('latest', max_to_keep=keep, save_interval_steps=every_steps))
     self.best = ocp.CheckpointManager(
         workdir / 'best',
-        options=options(max_to_keep=1, best_fn=lambda m: m['top1_error'],
+        options=options('best', max_to_keep=1, best_fn=lambda m: m['top1_error'],
                         best_mode='min'))
 
   def latest_step(self) -> Optional[int]:

@@ -417,13 +417,18 @@ class _TfdsSpec:
   eval_split: str
   shuffle_buffer: int
   cache: bool
+  download: bool = False
 
 
 @functools.lru_cache(maxsize=None)
 def _tfds_source(spec: _TfdsSpec) -> _Source:
   builder = _tfds_builder(spec)
   if not builder.is_prepared():
-    raise _tfds_not_found(spec, builder)
+    if not spec.download or getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+      raise _tfds_not_found(spec, builder)
+    logging.info('Downloading and preparing tfds %s in %s (config.dataset.download=True).',
+                 spec.name, _tfds_data_dir(spec))
+    builder.download_and_prepare()
   split = functools.lru_cache(maxsize=None)(
       lambda name: _TfdsSplit(builder, name, spec))
   return _Source(builder.info.features[spec.label_key].num_classes, split,
@@ -439,7 +444,8 @@ def _source(config) -> _Source:
   if ds.source == 'tfds':
     return _tfds_source(_TfdsSpec(
         ds.name, ds.data_dir, ds.manual_dir, ds.image_key, ds.label_key,
-        ds.train_split, ds.eval_split, ds.shuffle_buffer, ds.cache))
+        ds.train_split, ds.eval_split, ds.shuffle_buffer, ds.cache,
+        bool(ds.get('download', False))))
   raise ValueError(f'config.dataset.source={ds.source!r}; expected tfds, folder or digits.')
 
 
@@ -675,7 +681,7 @@ def eval_iterator(config, *, batch_size: int, ten_crop: bool = False,
   keys = keys.map(lambda *key: key[0] if len(key) == 1 else key).enumerate()
   num_batches = math.ceil(max(sizes) / batch_size)
   s = config.model.input_size
-  shape = [10, s, s, 3] if ten_crop else [s, s, 3]
+  shape = [pp.num_eval_crops(recipe), s, s, 3] if ten_crop else [s, s, 3]
 
   def load(key):
     ex = split.load(key)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 Array = jax.Array
 
@@ -36,9 +37,21 @@ Array = jax.Array
 def _resolve_impl(impl: str) -> str:
   if impl != 'auto':
     return impl
-  # XLA:CPU runs a banded (C x C) matmul faster than reduce_window over the
-  # channel axis (../benchmarks/README.md); accelerators do well with either.
-  return 'matmul' if jax.default_backend() == 'cpu' else 'reduce_window'
+  # With the power as rsqrt (_neg_pow), reduce_window is the fastest on XLA:CPU
+  # too, and in the jitted training step on XLA:CPU the banded matmul's
+  # gradients came out ~2e-3 off (../benchmarks/README.md).
+  return 'reduce_window'
+
+
+def _neg_pow(s: Array, beta: float) -> Array:
+  """s ** -beta for s > 0; the paper's beta = 0.75 as rsqrt(s) * sqrt(rsqrt(s)),
+  which XLA computes and differentiates several times faster than a power."""
+  if beta == 0.75:
+    r = lax.rsqrt(s)
+    return r * jnp.sqrt(r)
+  if beta == 0.5:
+    return lax.rsqrt(s)
+  return s ** (-beta)
 
 
 def lrn_band(num_channels: int, depth_radius: int, groups: int = 1,
@@ -73,7 +86,7 @@ def local_response_norm(x: Array, depth_radius: int = 2, bias: float = 2.0,
     groups: >1 normalizes within each of ``groups`` contiguous channel blocks
       (the windows stop at tower boundaries, as on the paper's two GPUs).
     impl: 'reduce_window' (a sliding sum over channels), 'matmul' (the same sum
-      as a banded (C, C) matmul, faster on XLA:CPU), or 'auto'.
+      as a banded (C, C) matmul), or 'auto' (= 'reduce_window').
 
   Returns:
     Array of x's shape and dtype. Computed in float32 for low-precision inputs.
@@ -99,8 +112,39 @@ def local_response_norm(x: Array, depth_radius: int = 2, bias: float = 2.0,
   else:
     raise ValueError(f"Unknown LRN impl {impl!r}; use 'matmul', "
                      "'reduce_window' or 'auto'.")
-  scale = (bias + alpha * window_sum) ** (-beta)
+  scale = _neg_pow(bias + alpha * window_sum, beta)
   return (xf * scale).astype(in_dtype)
+
+
+# --------------------------------------------------------------------------
+# Overlapping max pooling (section 3.4)
+# --------------------------------------------------------------------------
+
+
+def max_pool(x: Array, window: int, stride: int, impl: str = 'auto') -> Array:
+  """Unpadded max pooling over H and W of (B, H, W, C).
+
+  impl: 'reduce_window' (flax's nn.max_pool), 'slices' (the maximum of the
+  window's strided slices, along W and then along H), or 'auto' ('slices' on
+  CPU, where XLA differentiates reduce_window through a scatter ~3x slower;
+  'reduce_window' elsewhere). Same values and the same gradient, except on
+  exact ties, which reduce_window gives to the first maximum and 'slices'
+  shares: after a ReLU those are ties of zeros, whose gradient the ReLU stops.
+  """
+  if impl == 'auto':
+    impl = 'slices' if jax.default_backend() == 'cpu' else 'reduce_window'
+  if impl == 'reduce_window':
+    return nn.max_pool(x, (window, window), (stride, stride), padding='VALID')
+  if impl != 'slices':
+    raise ValueError(f"Unknown pool impl {impl!r}; use 'slices', 'reduce_window' or 'auto'.")
+
+  def along(x, axis):
+    out = (x.shape[axis] - window) // stride + 1
+    return functools.reduce(jnp.maximum, [
+        lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis)
+        for i in range(window)])
+
+  return along(along(x, 2), 1)
 
 
 # --------------------------------------------------------------------------
@@ -112,6 +156,44 @@ def local_response_norm(x: Array, depth_radius: int = 2, bias: float = 2.0,
 paper_init = nn.initializers.normal(stddev=0.01)
 
 
+def tower_maps(x: Array, mesh: Optional[Mesh], axis: str, split: bool) -> Array:
+  """Section 3.2 on a device mesh: x's maps (last axis) split or whole.
+
+  ``split=True`` keeps each tower's maps on its own device along mesh ``axis``;
+  ``split=False`` puts all maps on every device, i.e. gathers them, which is
+  where the paper's GPUs communicated. The batch axis is left to the compiler
+  (it follows the input's 'data' sharding). A no-op when ``mesh`` is None.
+  """
+  if mesh is None:
+    return x
+  spec = P(P.UNCONSTRAINED, *(None,) * (x.ndim - 2), axis if split else None)
+  return lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _grouped_conv(x: Array, kernel: Array, *, groups: int, conv: Callable,
+                  impl: str) -> Array:
+  if groups == 1:
+    return conv(x, kernel)
+  if impl == 'feature_group':
+    return conv(x, kernel, feature_group_count=groups)
+  if impl == 'split':
+    xs = jnp.split(x, groups, axis=-1)
+    ks = jnp.split(kernel, groups, axis=-1)
+    return jnp.concatenate([conv(xi, ki) for xi, ki in zip(xs, ks)], axis=-1)
+  raise ValueError(f"Unknown grouped conv impl {impl!r}; use "
+                   "'feature_group', 'split' or 'auto'.")
+
+
+def _on_towers(grouped: Callable, mesh: Mesh, axis: str, groups: int) -> Callable:
+  """``grouped`` under shard_map: each device on ``axis`` convolves its own groups."""
+  n = mesh.shape[axis]
+  if groups % n:
+    raise ValueError(f'{groups} towers do not split over the {n}-way {axis!r} mesh axis.')
+  maps = P(None, None, None, axis)  # x (B, H, W, Cin), kernel (kh, kw, Cin/G, Cout)
+  return jax.shard_map(functools.partial(grouped, groups=groups // n), mesh=mesh,
+                       in_specs=(maps, maps), out_specs=maps, axis_names={axis})
+
+
 class Conv(nn.Module):
   """2-D convolution whose grouped form stores one (kh, kw, Cin/G, Cout) kernel.
 
@@ -119,6 +201,11 @@ class Conv(nn.Module):
   ``feature_group_count=groups``. ``impl='split'`` runs the groups as separate
   convolutions on channel slices (same parameters, same result; much faster on
   XLA:CPU than ``feature_group_count``, see benchmarks/README.md).
+
+  With ``mesh`` set (section 3.2, ``alexnet_jax.parallel``), the kernel's output
+  maps are split over ``tower_axis``: a grouped layer runs under ``shard_map``
+  on each device's own groups, with no communication; an ungrouped layer reads
+  all input maps (gathered) and writes its device's share of the output maps.
   """
   features: int
   kernel_size: int
@@ -128,6 +215,8 @@ class Conv(nn.Module):
   impl: str = 'auto'
   bias_value: float = 0.0
   kernel_init: Callable = paper_init
+  mesh: Optional[Mesh] = None
+  tower_axis: str = 'model'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -150,18 +239,23 @@ class Conv(nn.Module):
     impl = self.impl
     if impl == 'auto':
       impl = 'split' if jax.default_backend() == 'cpu' else 'feature_group'
-    if self.groups == 1:
-      y = conv(x, kernel)
-    elif impl == 'feature_group':
-      y = conv(x, kernel, feature_group_count=self.groups)
-    elif impl == 'split':
-      xs = jnp.split(x, self.groups, axis=-1)
-      ks = jnp.split(kernel, self.groups, axis=-1)
-      y = jnp.concatenate([conv(xi, ki) for xi, ki in zip(xs, ks)], axis=-1)
+    grouped = functools.partial(_grouped_conv, conv=conv, impl=impl)
+    if self.mesh is None:
+      y = grouped(x, kernel, groups=self.groups)
+    elif self.groups > 1:
+      y = _on_towers(grouped, self.mesh, self.tower_axis, self.groups)(x, kernel)
     else:
-      raise ValueError(f"Unknown grouped conv impl {impl!r}; use "
-                       "'feature_group', 'split' or 'auto'.")
+      y = conv(tower_maps(x, self.mesh, self.tower_axis, split=False), kernel)
+    y = tower_maps(y, self.mesh, self.tower_axis, split=True)
     return y + bias
+
+
+def _kernel_init(name: str) -> Callable:
+  if name == 'paper':
+    return paper_init
+  if name == 'he':
+    return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+  raise ValueError(f"Unknown kernel_init {name!r}; use 'paper' or 'he'.")
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
@@ -206,6 +300,7 @@ class AlexNet(nn.Module):
   # Section 3.4: overlapping pooling z=3, s=2; z=s=2 is the ablation.
   pool_window: int = 3
   pool_stride: int = 2
+  pool_impl: str = 'auto'
   # Section 3.1: ReLU; 'tanh' is the saturating baseline of figure 1.
   activation: str = 'relu'
   # Section 4.2: dropout 0.5 on the outputs of fc6 and fc7.
@@ -213,7 +308,15 @@ class AlexNet(nn.Module):
   # Section 7: "removing any of the middle layers" costs ~2% top-1.
   # 0 keeps all; 3, 4 or 5 removes that conv layer.
   remove_conv: int = 0
+  # 'paper': N(0, 0.01^2) (section 5). 'he': N(0, 2/fan_in), a named deviation
+  # for narrow or shallow-input variants where 0.01 makes the signal vanish.
+  kernel_init: str = 'paper'
   grouped_conv_impl: str = 'auto'
+  # Section 3.2 on a device mesh, set by alexnet_jax.parallel.split_towers:
+  # each device along `tower_axis` holds one tower's kernels and maps. None: no
+  # sharding annotations (one device, or data parallelism only).
+  mesh: Optional[Mesh] = None
+  tower_axis: str = 'model'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -224,22 +327,27 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    if x.ndim != 4 or x.shape[-1] != 3:
-      raise ValueError(f'AlexNet expects (B, H, W, 3) images, got {x.shape}.')
+    if x.ndim != 4 or x.shape[1:] != (self.input_size, self.input_size, 3):
+      raise ValueError(f'This AlexNet expects (B, {self.input_size}, {self.input_size}, 3) '
+                       f'images (input_size={self.input_size}), got {x.shape}.')
     if self.remove_conv not in (0, 3, 4, 5):
       raise ValueError(f'remove_conv must be 0, 3, 4 or 5, got {self.remove_conv}.')
     act = _activation(self.activation)
     g = self.towers
+    init = _kernel_init(self.kernel_init)
     conv = functools.partial(Conv, impl=self.grouped_conv_impl, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    dense = functools.partial(nn.Dense, kernel_init=paper_init, dtype=self.dtype,
+                             param_dtype=self.param_dtype, kernel_init=init,
+                             mesh=self.mesh, tower_axis=self.tower_axis)
+    split, whole = (functools.partial(tower_maps, mesh=self.mesh, axis=self.tower_axis,
+                                      split=s) for s in (True, False))
+    dense = functools.partial(nn.Dense, kernel_init=init, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     lrn = functools.partial(
         local_response_norm, depth_radius=self.lrn_depth_radius,
         bias=self.lrn_bias, alpha=self.lrn_alpha, beta=self.lrn_beta,
         groups=g if self.lrn_per_tower else 1, impl=self.lrn_impl)
-    pool = functools.partial(nn.max_pool, window_shape=(self.pool_window,) * 2,
-                             strides=(self.pool_stride,) * 2, padding='VALID')
+    pool = functools.partial(max_pool, window=self.pool_window, stride=self.pool_stride,
+                             impl=self.pool_impl)
     c1, c2, c3, c4, c5 = self.conv_features
     # Section 5: biases 1 in conv2, conv4, conv5, fc6, fc7 (speeds early
     # learning by giving the ReLUs positive inputs); 0 elsewhere.
@@ -250,25 +358,35 @@ class AlexNet(nn.Module):
     if self.lrn:
       x = lrn(x)
     x = pool(x)                                                      # (B, 27, 27, 96)
+    self.sow('intermediates', 'pool1', x)  # For summaries; a no-op unless mutable.
     x = act(conv(c2, 5, padding=2, groups=g, bias_value=1.0, name='conv2')(x))  # (B, 27, 27, 256)
     if self.lrn:
       x = lrn(x)
     x = pool(x)                                                      # (B, 13, 13, 256)
-    if self.remove_conv != 3:  # conv3 crosses towers: sees all 256 maps.
+    self.sow('intermediates', 'pool2', x)
+    # conv3 crosses towers: sees all 256 maps (on a mesh, gathered by Conv).
+    if self.remove_conv != 3:
       x = act(conv(c3, 3, padding=1, bias_value=0.0, name='conv3')(x))  # (B, 13, 13, 384)
     if self.remove_conv != 4:
       x = act(conv(c4, 3, padding=1, groups=g, bias_value=1.0, name='conv4')(x))  # (B, 13, 13, 384)
     if self.remove_conv != 5:
       x = act(conv(c5, 3, padding=1, groups=g, bias_value=1.0, name='conv5')(x))  # (B, 13, 13, 256)
     x = pool(x)                                                      # (B, 6, 6, 256)
+    self.sow('intermediates', 'pool5', x)
     # Flatten in NHWC (h, w, c) order; importing NCHW weights (Caffe, PyTorch)
     # permutes fc6's rows accordingly.
-    x = x.reshape(x.shape[0], -1)                                    # (B, 9216)
-    x = act(dense(self.fc_features, bias_init=nn.initializers.ones, name='fc6')(x))  # (B, 4096)
+    # On a mesh, `whole` gathers both towers' maps (fc6 and fc7 read all units of
+    # the layer below) and `split` keeps each tower's 2048 units on its device.
+    x = whole(x).reshape(x.shape[0], -1)                             # (B, 9216)
+    fc6 = dense(self.fc_features, bias_init=nn.initializers.ones, name='fc6')
+    x = act(split(fc6(x)))                                           # (B, 4096)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = act(dense(self.fc_features, bias_init=nn.initializers.ones, name='fc7')(x))  # (B, 4096)
+    fc7 = dense(self.fc_features, bias_init=nn.initializers.ones, name='fc7')
+    x = act(split(fc7(whole(x))))                                    # (B, 4096)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = dense(self.num_classes, bias_init=nn.initializers.zeros, name='fc8')(x)  # (B, 1000)
+    # fc8 reads both towers' fc7 units: on a mesh each device sums over its own
+    # units (its rows of the kernel) and the partial logits are summed.
+    x = whole(dense(self.num_classes, bias_init=nn.initializers.zeros, name='fc8')(x))  # (B, 1000)
     return x.astype(jnp.float32)
 
 
@@ -310,10 +428,13 @@ class TorchvisionAlexNet(nn.Module):
                               param_dtype=self.param_dtype)
     pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
     x = pool(nn.relu(conv(64, 11, strides=4, padding=2, name='conv1')(x)))   # (B, 27, 27, 64)
+    self.sow('intermediates', 'pool1', x)  # For summaries; a no-op unless mutable.
     x = pool(nn.relu(conv(192, 5, padding=2, name='conv2')(x)))              # (B, 13, 13, 192)
+    self.sow('intermediates', 'pool2', x)
     x = nn.relu(conv(384, 3, padding=1, name='conv3')(x))                    # (B, 13, 13, 384)
     x = nn.relu(conv(256, 3, padding=1, name='conv4')(x))                    # (B, 13, 13, 256)
     x = pool(nn.relu(conv(256, 3, padding=1, name='conv5')(x)))              # (B, 6, 6, 256)
+    self.sow('intermediates', 'pool5', x)
     x = adaptive_avg_pool(x, 6).reshape(x.shape[0], -1)                      # (B, 9216)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(dense(4096, name='fc6')(x))
@@ -346,8 +467,11 @@ class Figure1Net(nn.Module):
                              kernel_init=nn.initializers.normal(1e-2))
     pool_kw = dict(window_shape=(3, 3), strides=(2, 2), padding=((0, 1), (0, 1)))
     x = nn.max_pool(act(conv(32, name='conv1')(x)), **pool_kw)   # (B, 16, 16, 32)
+    self.sow('intermediates', 'pool1', x)  # For summaries; a no-op unless mutable.
     x = nn.avg_pool(act(conv(32, name='conv2')(x)), **pool_kw)   # (B, 8, 8, 32)
+    self.sow('intermediates', 'pool2', x)
     x = nn.avg_pool(act(conv(64, name='conv3')(x)), **pool_kw)   # (B, 4, 4, 64)
+    self.sow('intermediates', 'pool3', x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(1e-2),
                  dtype=self.dtype, param_dtype=self.param_dtype, name='fc4')(x)

@@ -1,52 +1,127 @@
-"""Device mesh, shardings and multi-host setup (section 3.2's two GPUs, today).
+"""Device mesh, the two-tower split, shardings and multi-host setup (section 3.2).
 
-Mesh axes are ('data', 'model'): `data` replicates the model for data
-parallelism, `model` = 2 puts one tower on each device.
+The paper split AlexNet over two GTX 580s: each GPU held one tower, half the
+kernels of every layer, and "the GPUs communicate only in certain layers".
+Here that is a device mesh with axes ('data', 'model'): `model` = 2 puts one
+tower on each device, and `data` replicates that pair for data parallelism,
+on any number of hosts (`config.mesh = (data, model)`).
+
+Where the paper's GPUs communicated, and what the compiled step does instead
+(per step; forward / backward; B = per-data-shard batch, paper sizes):
+
+  layer       paper's GPUs                 here (collectives over 'model')
+  conv1-pool1 each its own 48 maps         none; LRN: collective-permute of
+                                           depth_radius maps at the boundary
+                                           (lrn_per_tower=False), none if True
+  conv2-pool2 own tower only (grouped)     none (shard_map over own group);
+                                           LRN as above
+  conv3       reads both GPUs' 256 maps    all-gather (B,13,13,256) /
+                                           all-reduce of its input gradient
+  conv4-pool5 own tower only               none
+  fc6         reads all 9216 units         all-gather (B,6,6,256) / all-reduce
+  fc7         reads all 4096 units         all-gather (B,4096) / all-reduce
+  fc8         reads all 4096 units         fc8's rows split by tower:
+                                           all-reduce of partial logits
+                                           (B,1000) / none
+
+Over 'data' the compiler adds one all-reduce of the parameter gradients, and
+all-reduces of scalars for the loss and norms (tests/test_parallel.py checks
+this list against the compiled HLO).
+
+Parameters keep their one-device layout (grouped kernels in
+`feature_group_count` form) and are only sharded: conv1..conv5, fc6 and fc7
+on their output maps (last axis), fc8 on its input rows. A checkpoint written
+on one mesh restores on any other.
+
+Under model parallelism (`split_towers`) the model sets `mesh` on AlexNet:
+grouped convolutions run under `jax.shard_map` on each device's own groups
+(XLA's partitioner would all-gather a `feature_group_count` convolution), and
+LRN's 'auto' implementation becomes 'reduce_window', which the compiler
+partitions with a halo; the banded matmul would need every map on every device.
 """
 
 import math
 import os
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from alexnet_jax import models
+
 DATA, MODEL = 'data', 'model'
+
+# Layers whose kernels are split over 'model' on their output maps (last
+# axis), and the one split on its input rows (fc8: see the table above).
+OUTPUT_SPLIT = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
+INPUT_SPLIT = ('fc8',)
+
+
+# --------------------------------------------------------------------------
+# Multi-host
+# --------------------------------------------------------------------------
 
 
 def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` when the environment asks for it.
 
-  Slurm (SLURM_NTASKS > 1), Open MPI and Cloud TPU VMs are auto-detected by
-  JAX itself; ALEXNET_COORDINATOR / ALEXNET_NUM_PROCESSES / ALEXNET_PROCESS_ID
-  give explicit values (e.g. several processes on one machine).
+  Explicit: ALEXNET_COORDINATOR=host:port, ALEXNET_NUM_PROCESSES and
+  ALEXNET_PROCESS_ID (e.g. several processes on one machine). Auto-detected by
+  JAX itself (no arguments): Slurm (SLURM_NTASKS > 1), Open MPI
+  (OMPI_COMM_WORLD_SIZE > 1), a multi-host Cloud TPU slice (TPU_WORKER_HOSTNAMES
+  with more than one host) or ALEXNET_DISTRIBUTED=1 (anything else JAX detects).
+  Must run before anything touches a JAX device.
   """
-  if os.environ.get('ALEXNET_COORDINATOR'):
-    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(
-        coordinator_address=os.environ['ALEXNET_COORDINATOR'],
-        num_processes=int(os.environ['ALEXNET_NUM_PROCESSES']),
-        process_id=int(os.environ['ALEXNET_PROCESS_ID']))
-  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1 or os.environ.get('TPU_WORKER_HOSTNAMES'):
-    jax.distributed.initialize()
-  else:
+  env = os.environ
+  explicit = env.get('ALEXNET_COORDINATOR')
+  auto = (int(env.get('SLURM_NTASKS', '1')) > 1
+          or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+          or len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
+          or env.get('ALEXNET_DISTRIBUTED') == '1')
+  if not explicit and not auto:
     return
+  # CPU collectives across processes need gloo (jax 0.10); it changes nothing
+  # on GPU or TPU.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if explicit:
+    try:
+      num_processes = int(env['ALEXNET_NUM_PROCESSES'])
+      process_id = int(env['ALEXNET_PROCESS_ID'])
+    except KeyError as e:
+      raise ValueError(f'ALEXNET_COORDINATOR is set but {e.args[0]} is not; set '
+                       'ALEXNET_NUM_PROCESSES and ALEXNET_PROCESS_ID too.') from None
+    jax.distributed.initialize(coordinator_address=explicit,
+                               num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
 
 
+# --------------------------------------------------------------------------
+# Mesh
+# --------------------------------------------------------------------------
+
+
 def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
-  """A ('data', 'model') mesh; one -1 entry means "all remaining devices"."""
-  devices = jax.devices() if devices is None else devices
+  """A ('data', 'model') mesh; one -1 entry means "all remaining devices".
+
+  Devices are laid out in process order, so a host's devices are neighbours
+  on the mesh: a model pair stays on one host whenever the host has two or more
+  devices.
+  """
+  if devices is None:
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   shape = list(mesh_shape)
-  if len(shape) != 2:
-    raise ValueError(f'config.mesh must be (data, model), got {tuple(mesh_shape)}.')
-  if shape.count(-1) > 1:
-    raise ValueError(f'config.mesh may have at most one -1, got {tuple(mesh_shape)}.')
+  if len(shape) != 2 or any(not isinstance(s, (int, np.integer)) for s in shape):
+    raise ValueError(f'config.mesh must be two integers (data, model), got {mesh_shape!r}.')
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f'config.mesh={tuple(mesh_shape)}: use positive sizes and at most '
+                     'one -1 ("all remaining devices").')
   if -1 in shape:
     rest = math.prod(s for s in shape if s != -1)
     if len(devices) % rest:
@@ -56,14 +131,97 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
   if math.prod(shape) != len(devices):
     raise ValueError(f'config.mesh={tuple(mesh_shape)} needs {math.prod(shape)} devices, '
                      f'but {len(devices)} are available; set --config.mesh="(-1, {shape[1]})".')
-  # Auto axes: the compiler propagates shardings from the inputs' and
-  # parameters' annotations (GSPMD-style) rather than tracing them in types.
+  # Auto axes: the compiler propagates shardings from the inputs', parameters'
+  # and activations' annotations (Explicit axes break flax's Dropout).
   return jax.make_mesh(tuple(shape), (DATA, MODEL), devices=devices,
                        axis_types=(AxisType.Auto, AxisType.Auto))
 
 
+def data_shard(mesh: Mesh) -> tuple[int, int]:
+  """(index, count) of this process's share of each global batch.
+
+  A process feeds the examples of the 'data' rows its devices sit on. With one
+  device per process (Slurm, one process per GPU) both processes of a model
+  pair feed the same examples, so `count` can be less than `jax.process_count()`.
+  """
+  rows = {}
+  for idx, d in np.ndenumerate(mesh.devices):
+    rows.setdefault(d.process_index, set()).add(idx[0])
+  mine = sorted(rows[jax.process_index()])
+  n = len(mine)
+  if mine != list(range(mine[0], mine[0] + n)) or mesh.shape[DATA] % n or any(
+      len(r) != n for r in rows.values()):
+    raise ValueError(f'Mesh {dict(mesh.shape)}: the devices of each process must cover '
+                     'the same number of whole, consecutive data rows (process '
+                     f'{jax.process_index()} has rows {mine}).')
+  return mine[0] // n, mesh.shape[DATA] // n
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = 'batch_size') -> None:
+  """Raises ValueError unless the global `batch_size` splits evenly over the
+  'data' axis, and so over the processes that feed it (`data_shard`)."""
+  d = mesh.shape[DATA]
+  _, num_shards = data_shard(mesh)
+  if batch_size % d:
+    raise ValueError(f'config.{name}={batch_size} does not divide over the {d}-way data '
+                     f'axis of mesh {dict(mesh.shape)} ({jax.device_count()} devices, '
+                     f'{jax.process_count()} processes, {num_shards} feeding distinct '
+                     f'examples); use a multiple of {d}.')
+
+
+# --------------------------------------------------------------------------
+# The tower split (section 3.2)
+# --------------------------------------------------------------------------
+
+
+def split_towers(model: nn.Module, mesh: Mesh) -> nn.Module:
+  """`model` with its towers split over the mesh's 'model' axis.
+
+  Returns `model` unchanged when the axis has size 1. The parameters are the
+  same either way; only where they and the activations live changes.
+  """
+  n = mesh.shape[MODEL]
+  if n == 1:
+    return model
+  if not isinstance(model, models.AlexNet):
+    raise ValueError(f'config.mesh has a {n}-way model axis, but only AlexNet has a tower '
+                     f'split; use config.mesh=(-1, 1) for {type(model).__name__}.')
+  widths = {f'conv{i + 1}': c for i, c in enumerate(model.conv_features)}
+  widths['fc6'] = widths['fc7'] = model.fc_features
+  bad = [f'{k}={v}' for k, v in widths.items() if v % n]
+  if bad:
+    raise ValueError(f'The {n}-way model axis must divide every layer width; '
+                     f'{", ".join(bad)} do not.')
+  if model.towers > 1 and model.towers % n:
+    raise ValueError(f'towers={model.towers} do not split over a {n}-way model axis; use '
+                     f'config.mesh=(-1, {model.towers}) (one tower per device) or towers=1.')
+  lrn_impl = 'reduce_window' if model.lrn_impl == 'auto' else model.lrn_impl
+  return model.clone(mesh=mesh, tower_axis=MODEL, lrn_impl=lrn_impl)
+
+
+def param_spec(path: tuple, leaf: Any, model_size: int) -> P:
+  """PartitionSpec of one parameter (or optimizer slot) from its path."""
+  keys = [getattr(k, 'key', None) for k in path]
+  if model_size == 1 or len(keys) < 2 or keys[-1] not in ('kernel', 'bias'):
+    return P()
+  layer, kind, ndim = keys[-2], keys[-1], np.ndim(leaf)
+  if layer in OUTPUT_SPLIT:
+    return P(*(None,) * (ndim - 1), MODEL)
+  if layer in INPUT_SPLIT and kind == 'kernel':
+    return P(MODEL, None)
+  return P()
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
+  """Shardings of the train state: parameters and their optimizer slots split
+  by tower over 'model' (see `param_spec`), everything else replicated."""
+  n = mesh.shape[MODEL]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, param_spec(path, x, n)), abstract_state)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batch axis split over `data`, replicated over `model`."""
+  """Batch axis split over 'data', replicated over 'model'."""
   return NamedSharding(mesh, P(DATA))
 
 
@@ -71,23 +229,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
-  """Shardings for the train state (replicated: data parallelism only)."""
-  return jax.tree.map(lambda _: replicated(mesh), abstract_state)
-
-
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  n = mesh.shape[DATA] * jax.process_count() // jax.process_count()
-  if batch_size % mesh.shape[DATA]:
-    raise ValueError(f'batch_size={batch_size} does not divide over the {n}-way '
-                     f'data axis of mesh {dict(mesh.shape)}.')
-  if batch_size % jax.process_count():
-    raise ValueError(f'batch_size={batch_size} does not divide over '
-                     f'{jax.process_count()} processes.')
-
-
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
-  """Per-process numpy batch -> one global jax.Array per key."""
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      local_batch)
+  """This process's numpy batch (its `data_shard`) -> one global jax.Array per key."""
+  _, count = data_shard(sharding.mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(
+        sharding, x, (x.shape[0] * count,) + x.shape[1:])
+  return jax.tree.map(put, local_batch)

@@ -388,12 +388,19 @@ def ten_crop_offsets(base_size, crop_size: int):
   return tf.stack([[0, 0], [0, w], [h, 0], [h, w], [h // 2, w // 2]])
 
 
+def num_eval_crops(recipe: Recipe) -> int:
+  """10 (section 6); 5 when training used no reflections (recipe.flip False),
+  since a network never shown mirrored images should not be tested on them."""
+  return 10 if recipe.flip else 5
+
+
 def eval_image(image: tf.Tensor, recipe: Recipe, ten_crop: bool = False) -> tf.Tensor:
   """Test patches (section 6), float32, mean subtracted.
 
   Single crop: the centre S x S patch of the R x R image, (S, S, 3).
   ten_crop: the four corner and the centre patches and their reflections,
-  (10, S, S, 3) in TEN_CROP_ORDER, then the same five reflected.
+  (10, S, S, 3) in TEN_CROP_ORDER, then the same five reflected; without
+  reflections when the recipe trains without flips ((5, S, S, 3)).
   """
   s = recipe.crop_size
   shape = image_shape(image)
@@ -417,5 +424,6 @@ def eval_image(image: tf.Tensor, recipe: Recipe, ten_crop: bool = False) -> tf.T
                                     (s, s), recipe.antialias), mean, o)
              for o in tf.unstack(offsets)]
   x = tf.stack(crops)  # (5, S, S, 3)
-  x = tf.concat([x, tf.reverse(x, axis=[2])], 0)  # (10, S, S, 3)
+  if recipe.flip:
+    x = tf.concat([x, tf.reverse(x, axis=[2])], 0)  # (10, S, S, 3)
   return x * recipe.pixel_scale if recipe.pixel_scale != 1 else x
