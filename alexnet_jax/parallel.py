@@ -24,9 +24,12 @@ Where the paper's GPUs communicated, and what the compiled step does instead
                                            all-reduce of partial logits
                                            (B,1000) / none
 
-Over 'data' the compiler adds one all-reduce of the parameter gradients, and
-all-reduces of scalars for the loss and norms (tests/test_parallel.py checks
-this list against the compiled HLO).
+The LRN halo is one collective-permute from each neighbour, forward and
+backward. Over 'data' the compiler adds the all-reduce of the parameter
+gradients and a gather of the logits for the top-k error metric; elsewhere only
+scalars (loss, norms) are all-reduced. tests/test_parallel.py checks this list
+against the compiled HLO of a narrow model; the paper-sized model on mesh
+(1, 2) compiles to exactly the shapes above.
 
 Parameters keep their one-device layout (grouped kernels in
 `feature_group_count` form) and are only sharded: conv1..conv5, fc6 and fc7
@@ -38,6 +41,9 @@ grouped convolutions run under `jax.shard_map` on each device's own groups
 (XLA's partitioner would all-gather a `feature_group_count` convolution), and
 LRN's 'auto' implementation becomes 'reduce_window', which the compiler
 partitions with a halo; the banded matmul would need every map on every device.
+Dropout runs outside any shard_map, so its masks depend on the key and the
+global shape only: every layout drops the same units (with
+`jax_threefry_partitionable`, on by default, each device draws only its shard).
 """
 
 import math
@@ -65,38 +71,46 @@ INPUT_SPLIT = ('fc8',)
 # --------------------------------------------------------------------------
 
 
+def _on_cloud_tpu_vm() -> bool:
+  try:  # Set by `import jax` when libtpu finds TPU chips on this machine.
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
+
+
 def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` when the environment asks for it.
 
   Explicit: ALEXNET_COORDINATOR=host:port, ALEXNET_NUM_PROCESSES and
-  ALEXNET_PROCESS_ID (e.g. several processes on one machine). Auto-detected by
-  JAX itself (no arguments): Slurm (SLURM_NTASKS > 1), Open MPI
-  (OMPI_COMM_WORLD_SIZE > 1), a multi-host Cloud TPU slice (TPU_WORKER_HOSTNAMES
-  with more than one host) or ALEXNET_DISTRIBUTED=1 (anything else JAX detects).
-  Must run before anything touches a JAX device.
+  ALEXNET_PROCESS_ID (e.g. several processes on one machine). Found by JAX
+  itself (no arguments): a Cloud TPU VM (its slice's workers, one or many),
+  Slurm (SLURM_NTASKS > 1), Open MPI (OMPI_COMM_WORLD_SIZE > 1), a GKE TPU
+  slice (TPU_WORKER_HOSTNAMES), or anything else JAX detects with
+  ALEXNET_DISTRIBUTED=1. Must run before anything touches a JAX device.
   """
   env = os.environ
   explicit = env.get('ALEXNET_COORDINATOR')
   auto = (int(env.get('SLURM_NTASKS', '1')) > 1
           or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
           or len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
-          or env.get('ALEXNET_DISTRIBUTED') == '1')
+          or env.get('ALEXNET_DISTRIBUTED') == '1'
+          or _on_cloud_tpu_vm())
   if not explicit and not auto:
     return
+  kwargs = {}
+  if explicit:
+    missing = [k for k in ('ALEXNET_NUM_PROCESSES', 'ALEXNET_PROCESS_ID') if k not in env]
+    if missing:
+      raise ValueError(f'ALEXNET_COORDINATOR is set but {", ".join(missing)} is not; set '
+                       'ALEXNET_NUM_PROCESSES and ALEXNET_PROCESS_ID too.')
+    kwargs = dict(coordinator_address=explicit,
+                  num_processes=int(env['ALEXNET_NUM_PROCESSES']),
+                  process_id=int(env['ALEXNET_PROCESS_ID']))
   # CPU collectives across processes need gloo (jax 0.10); it changes nothing
   # on GPU or TPU.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if explicit:
-    try:
-      num_processes = int(env['ALEXNET_NUM_PROCESSES'])
-      process_id = int(env['ALEXNET_PROCESS_ID'])
-    except KeyError as e:
-      raise ValueError(f'ALEXNET_COORDINATOR is set but {e.args[0]} is not; set '
-                       'ALEXNET_NUM_PROCESSES and ALEXNET_PROCESS_ID too.') from None
-    jax.distributed.initialize(coordinator_address=explicit,
-                               num_processes=num_processes, process_id=process_id)
-  else:
-    jax.distributed.initialize()
+  jax.distributed.initialize(**kwargs)
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
@@ -111,8 +125,9 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
   """A ('data', 'model') mesh; one -1 entry means "all remaining devices".
 
   Devices are laid out in process order, so a host's devices are neighbours
-  on the mesh: a model pair stays on one host whenever the host has two or more
-  devices.
+  on the mesh and a tower pair stays on one host whenever the host's device
+  count is a multiple of the model axis. `data_shard` says which examples each
+  process feeds in any case.
   """
   if devices is None:
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
