@@ -11,7 +11,6 @@ key is `fold_in(seed, step)` and the input stream is a function of the step.
 import functools
 import json
 import math
-import os
 import signal
 import threading
 import time

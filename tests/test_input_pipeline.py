@@ -96,8 +96,12 @@ def test_centre_and_ten_crops_match_numpy_reference(jpeg_file, antialias):
   c = (R - S) // 2  # 14
   np.testing.assert_allclose(centre, base[c:c + S, c:c + S], atol=0.05)
 
-  ten = pp.eval_image(encoded, recipe, ten_crop=True).numpy()
+  ten = pp.eval_image(encoded, _recipe(antialias=antialias, flip=True), ten_crop=True).numpy()
   assert ten.shape == (10, S, S, 3)
+  # A recipe that trains without reflections is tested on the five patches only.
+  five = pp.eval_image(encoded, recipe, ten_crop=True).numpy()
+  assert five.shape == (5, S, S, 3)
+  np.testing.assert_allclose(five, ten[:5], atol=1e-4)
   m = R - S  # 29
   corners = {'top_left': (0, 0), 'top_right': (0, m), 'bottom_left': (m, 0),
              'bottom_right': (m, m), 'centre': (c, c)}
@@ -143,8 +147,8 @@ def test_fast_training_patches_are_within_a_pixel_of_exact(jpeg_file):
 def test_mean_image_is_cut_at_the_crop_offset(jpeg_file):
   encoded = tf.io.read_file(jpeg_file)
   mean = np.random.default_rng(0).uniform(0, 255, (R, R, 3)).astype(np.float32)
-  plain = pp.eval_image(encoded, _recipe(), ten_crop=True).numpy()
-  minus = pp.eval_image(encoded, _recipe(mean=mean), ten_crop=True).numpy()
+  plain = pp.eval_image(encoded, _recipe(flip=True), ten_crop=True).numpy()
+  minus = pp.eval_image(encoded, _recipe(mean=mean, flip=True), ten_crop=True).numpy()
   m, c = R - S, (R - S) // 2
   offsets = [(0, 0), (0, m), (m, 0), (m, m), (c, c)]
   for i, (oy, ox) in enumerate(offsets):
