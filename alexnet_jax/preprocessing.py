@@ -241,13 +241,28 @@ def base_image(image: tf.Tensor, resize_size: int, central_crop: bool = True,
 # --------------------------------------------------------------------------
 
 
+def subtract_channels(x: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
+  """x (h, w, 3) minus a per-channel v ((3,) or (1, 1, 3)); static h, w.
+
+  The same numbers as ``x - v``, computed as (h, 3w) minus a tiled (1, 3w)
+  row: TF's broadcast over a last axis of 3 is not vectorized and costs
+  about 0.3 ms on a 227 x 227 patch (a seventh of a training image's
+  preprocessing), the row broadcast a fifth of that.
+  """
+  h, w = x.shape[0], x.shape[1]
+  if h is None or w is None:
+    return x - tf.reshape(v, [3])
+  row = tf.tile(tf.reshape(v, [3]), [w])
+  return tf.reshape(tf.reshape(x, [h, w * 3]) - row[None], [h, w, 3])
+
+
 def subtract_mean(x: tf.Tensor, mean: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
   """x (h, w, 3) minus the mean; a (R, R, 3) mean image is cut at ``offset``.
 
   ``mean`` is the mean image (R, R, 3), or a per-channel mean (1, 1, 3).
   """
   if mean.shape[0] == 1 and mean.shape[1] == 1:
-    return x - mean
+    return subtract_channels(x, mean)
   h, w = x.shape[0], x.shape[1]
   return x - tf.slice(mean, [offset[0], offset[1], 0], [h, w, 3])
 
@@ -375,10 +390,14 @@ def train_image(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> tf.Tensor:
       x = x if flip is None else reflect(x)
     shift = _mean_cut(recipe, offset, flip, geo.size[1])
   if recipe.pca_std > 0:
-    shift = shift - pca_lighting(seeds[2], recipe.pca_std,
-                                 tf.constant(recipe.eigval, tf.float32),
-                                 tf.constant(recipe.eigvec, tf.float32))
-  x = x - shift
+    noise = pca_lighting(seeds[2], recipe.pca_std,
+                         tf.constant(recipe.eigval, tf.float32),
+                         tf.constant(recipe.eigvec, tf.float32))
+    # shift - noise; a (1, 1, 3) shift stays small, an (S, S, 3) one takes
+    # the vectorized row broadcast.
+    shift = (shift - noise if shift.shape[0] == 1
+             else subtract_channels(shift, noise))
+  x = subtract_channels(x, shift) if shift.shape[0] == 1 else x - shift
   return x * recipe.pixel_scale if recipe.pixel_scale != 1 else x
 
 
