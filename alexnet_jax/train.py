@@ -483,13 +483,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     last_eval = run_evals(state, int(state.step))
   ckpt.close()
   writer.flush()
-  final = {'step': int(state.step), **{k: v for k, v in train_metrics.items()},
+  previous = workdir / 'final_metrics.json'
+  if not train_metrics and previous.exists():  # Re-evaluated a finished run:
+    train_metrics = {k: v for k, v in json.loads(previous.read_text()).items()  # keep its
+                     if k.startswith('train_') or k == 'wall_time_s'}       # train figures.
+  final = {'step': int(state.step), 'wall_time_s': time.time() - t_start, **train_metrics,
            'eval_top1_error': last_eval.get('eval_top1_error'),
            'eval_top5_error': last_eval.get('eval_top5_error'),
            'eval_loss': last_eval.get('eval_loss'),
            'eval10_top1_error': last_eval.get('eval10_top1_error'),
-           'eval10_top5_error': last_eval.get('eval10_top5_error'),
-           'wall_time_s': time.time() - t_start}
+           'eval10_top5_error': last_eval.get('eval10_top5_error')}
   if is_main:
     (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
   logging.info('Done: %s', json.dumps(final))
