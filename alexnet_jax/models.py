@@ -127,9 +127,8 @@ def max_pool(x: Array, window: int, stride: int, impl: str = 'auto') -> Array:
   impl: 'reduce_window' (flax's nn.max_pool), 'slices' (the maximum of the
   window's strided slices, along W and then along H), or 'auto' ('slices' on
   CPU, where XLA differentiates reduce_window through a scatter ~3x slower;
-  'reduce_window' elsewhere). Same values and the same gradient, except on
-  exact ties, which reduce_window gives to the first maximum and 'slices'
-  shares: after a ReLU those are ties of zeros, whose gradient the ReLU stops.
+  'reduce_window' elsewhere). Same values and the same gradient: on ties both
+  give it to the first maximum in row-major order, as PyTorch does.
   """
   if impl == 'auto':
     impl = 'slices' if jax.default_backend() == 'cpu' else 'reduce_window'
@@ -140,9 +139,10 @@ def max_pool(x: Array, window: int, stride: int, impl: str = 'auto') -> Array:
 
   def along(x, axis):
     out = (x.shape[axis] - window) // stride + 1
-    return functools.reduce(jnp.maximum, [
-        lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis)
-        for i in range(window)])
+    parts = [lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis)
+             for i in range(window)]
+    # Not jnp.maximum, whose gradient splits ties: the first maximum wins.
+    return functools.reduce(lambda m, p: jnp.where(p > m, p, m), parts)
 
   return along(along(x, 2), 1)
 
