@@ -181,7 +181,7 @@ def _changes(row: Row) -> str:
 def markdown(rows: Sequence[Row]) -> str:
   """The table in Markdown, errors in % and deltas in percentage points."""
   head = ['run', 'changes vs baseline', 'step', '1 crop top-1 / top-5',
-          '10 crops top-1 / top-5', 'Δ top-1 / top-5', 'paper Δ top-1 / top-5',
+          '10 (5) crops top-1 / top-5', 'Δ top-1 / top-5', 'paper Δ top-1 / top-5',
           'notes']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for i, row in enumerate(rows):
@@ -206,7 +206,7 @@ def markdown(rows: Sequence[Row]) -> str:
              delta, ref, note]
     lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
   legend = ('Errors in %, lower is better. Δ: change vs the first row in '
-            'percentage points, on 10 crops where a run has them, else on 1 '
+            'percentage points, on 10 crops (5 for runs trained without flips) where a run has them, else on 1 '
             "crop. Paper Δ: the paper's reported change on ILSVRC (first row: "
             "the paper's error).")
   return '\n'.join(lines) + '\n\n' + legend + '\n'
