@@ -13,13 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-q() {  # Shell-quotes one word, like Python's shlex.quote.
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
+# shellcheck source=launch/lib.sh disable=SC1091
+source launch/lib.sh
 
 PYTHON="${PYTHON:-python}"
 args=("$@")
@@ -33,7 +28,7 @@ fi
 cmd=("${PYTHON}" -u -m alexnet_jax.main "${args[@]}")
 
 if [[ -n "${DRY_RUN:-}" ]]; then
-  for word in "${cmd[@]}"; do printf '%s ' "$(q "${word}")"; done | sed 's/ $//'
+  join "${cmd[@]}"
   echo
   exit 0
 fi

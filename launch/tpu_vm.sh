@@ -20,17 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-q() {  # Shell-quotes one word, like Python's shlex.quote.
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-join() { local out="" w; for w in "$@"; do out+="${out:+ }$(q "${w}")"; done; printf '%s' "${out}"; }
-run() {
-  if [[ -n "${DRY_RUN:-}" ]]; then join "$@"; echo; else "$@"; fi
-}
+# shellcheck source=launch/lib.sh disable=SC1091
+source launch/lib.sh
 
 if [[ $# -lt 3 ]]; then
   echo "usage: launch/tpu_vm.sh NAME ZONE --workdir=gs://BUCKET/DIR [--config=FILE] [--config.KEY=VALUE ...]" >&2
