@@ -166,13 +166,6 @@ class TrainState:
   plateau: dict  # {'best', 'bad_evals', 'drops'}: the plateau schedule's record.
 
 
-def steps_per_epoch(config, num_train: int) -> int:
-  n = num_train // config.batch_size
-  if n < 1:
-    raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} training examples.')
-  return n
-
-
 def total_steps(config, spe: int) -> int:
   if config.num_train_steps > 0:
     return int(config.num_train_steps)
@@ -290,9 +283,14 @@ class PreemptionFlag:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def any_host(self) -> bool:
+  def any_host(self, step: int, every: int) -> bool:
+    """Whether to stop now. One process: as soon as the signal came. Several:
+    all must stop at the same step, so they agree every `every` steps (one
+    all-gather then, instead of a host sync on every step)."""
     if jax.process_count() == 1:
       return self.set
+    if step % every:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return bool(multihost_utils.process_allgather(np.int32(self.set)).any())
 
@@ -353,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if info.num_classes != config.model.num_classes:
     raise ValueError(f'The dataset has {info.num_classes} classes but '
                      f'config.model.num_classes={config.model.num_classes}.')
-  spe = steps_per_epoch(config, info.num_train)
+  # The same epoch length as the input stream's (it drops each pass's remainder).
+  spe = input_pipeline.steps_per_epoch(info.num_train, config.batch_size)
   num_steps = total_steps(config, spe)
   eval_every = max(1, int(round(config.eval.every_epochs * spe)))
 
@@ -471,7 +470,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         t_log = time.time()
 
       ckpt.save(step, state, description, force=(step == num_steps))
-      if preempted.any_host():
+      if preempted.any_host(step, config.log_every_steps):
         ckpt.save(step, state, description, force=True)
         ckpt.close()
         writer.flush()
