@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from alexnet_jax import data_sources
 from alexnet_jax import input_pipeline as ip
 from alexnet_jax import preprocessing as pp
 from alexnet_jax import stats as stats_lib
@@ -360,7 +361,7 @@ def test_processes_assemble_the_global_batch():
 def test_eval_counts_each_image_once(process_count, batch):
   config = digits.get_config()
   config.eval.ten_crop = False
-  _, expected = ip._digits_arrays('eval')
+  _, expected = data_sources.digits_arrays('eval')
   labels, lengths = [], []
   for p in range(process_count):
     batches = list(ip.eval_iterator(config, batch_size=batch, process_index=p,
