@@ -117,14 +117,14 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   the plateau schedule can change it and checkpoints carry it.
   """
   o = config.optimizer
-  rules = OPTIMIZER_RULES
-  if o.rule not in rules:
-    raise ValueError(f"config.optimizer.rule must be one of {sorted(rules)}, got {o.rule!r}.")
+  if o.rule not in OPTIMIZER_RULES:
+    raise ValueError(f'config.optimizer.rule must be one of {sorted(OPTIMIZER_RULES)}, '
+                     f'got {o.rule!r}.')
   if o.weight_decay_on not in WEIGHT_DECAY_ON:
     raise ValueError("config.optimizer.weight_decay_on must be 'all' or 'kernels', "
                      f'got {o.weight_decay_on!r}.')
   mask = None if o.weight_decay_on == 'all' else functools.partial(decay_mask, which='kernels')
-  return optax.inject_hyperparams(rules[o.rule], static_args=('mask',))(
+  return optax.inject_hyperparams(OPTIMIZER_RULES[o.rule], static_args=('mask',))(
       learning_rate=learning_rate_schedule(config, steps_per_epoch),
       momentum=o.momentum, weight_decay=o.weight_decay, mask=mask)
 
