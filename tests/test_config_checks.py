@@ -27,12 +27,7 @@ Info = collections.namedtuple('Info', 'num_classes')
 
 def _config(**overrides):
   config = digits.get_config()
-  for k, v in overrides.items():
-    *path, leaf = k.split('.')
-    node = config
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config.update_from_flattened_dict(overrides)
   return config
 
 
