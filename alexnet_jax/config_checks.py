@@ -70,18 +70,24 @@ def unknown_keys(keys: Iterable[str], config: Mapping[str, Any]) -> list[str]:
   return problems
 
 
-def base_config(argv: Sequence[str], default_config: str):
-  """The config of argv's --config file (`path[:arg]`; default_config without
-  one), without its overrides; None if it does not load (the flag parser then
-  reports why)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  args = [argv[0] if argv else 'main']
+def config_arg(argv: Sequence[str]) -> Optional[str]:
+  """The value of argv's --config flag (`path[:arg]`), None without one."""
+  value = None
   for i, arg in enumerate(argv):
     if re.match(r'^--?config=', arg):
-      args = [args[0], arg]
+      value = arg.split('=', 1)[1]
     elif re.fullmatch(r'--?config', arg) and i + 1 < len(argv):
-      args = [args[0], f'--config={argv[i + 1]}']
+      value = argv[i + 1]
+  return value
+
+
+def base_config(argv: Sequence[str], default_config: str):
+  """The config of argv's --config file (default_config without one), without
+  its overrides; None if it does not load (the flag parser then says why)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  value = config_arg(argv)
+  args = ['main'] + ([f'--config={value}'] if value is not None else [])
   fv = flags.FlagValues()
   try:
     config_flags.DEFINE_config_file('config', default_config, flag_values=fv,
@@ -92,8 +98,15 @@ def base_config(argv: Sequence[str], default_config: str):
     return None
 
 
-def unknown_override_keys(argv: Sequence[str], default_config: str) -> list[str]:
-  """`unknown_keys` of argv's --config.KEY overrides against its --config file."""
+def config_flag_problems(argv: Sequence[str], default_config: str) -> list[str]:
+  """A --config file that does not exist, or --config.KEY overrides it lacks
+  (`unknown_keys`)."""
+  value = config_arg(argv)
+  if value is not None and not os.path.isfile(value.split(':', 1)[0]):
+    here = os.path.dirname(default_config)
+    return [f'--config={value}: no such file. The configs are '
+            f'{", ".join(os.path.join(os.path.basename(here), f) for f in sorted(os.listdir(here)) if f.endswith(".py") and not f.startswith("_"))} '
+            '(path[:arg], relative to the current directory).']
   keys = override_keys(argv)
   config = base_config(argv, default_config) if keys else None
   return [] if config is None else unknown_keys(keys, config)

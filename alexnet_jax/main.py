@@ -28,19 +28,17 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
                               'configs', 'digits.py')
 
 
-def _exit_on_unknown_keys(argv) -> None:
-  """One line per mistyped --config.KEY, with the closest keys, and exit.
-
-  Runs before the config flag is defined: config_flags would raise chained
-  tracebacks ending in `AttributeError: "'lrm'"`.
-  """
-  problems = config_checks.unknown_override_keys(argv, DEFAULT_CONFIG)
+def _exit_on_bad_config_flags(argv) -> None:
+  """One line per mistyped --config.KEY (with the closest keys) or missing
+  --config file, and exit. Runs before the config flag is defined, which
+  would raise chained tracebacks (`AttributeError: "'lrm'"`, `OSError`)."""
+  problems = config_checks.config_flag_problems(argv, DEFAULT_CONFIG)
   if problems:
     print('\n'.join(f'ERROR: {p}' for p in problems), file=sys.stderr)
     sys.exit(USAGE_ERROR)
 
 
-_exit_on_unknown_keys(sys.argv)
+_exit_on_bad_config_flags(sys.argv)
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
 config_flags.DEFINE_config_file(

@@ -179,7 +179,7 @@ def validate(runs: Sequence[Run]) -> None:
   other flags once, by main itself in a subprocess (all runs share them).
   """
   for run in runs:
-    unknown = config_checks.unknown_override_keys(run.args, MAIN_DEFAULT_CONFIG)
+    unknown = config_checks.config_flag_problems(run.args, MAIN_DEFAULT_CONFIG)
     if unknown:
       raise ValueError(f'Run {run.index} ({run.name}): {" ".join(unknown)}')
     try:

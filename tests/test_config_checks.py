@@ -140,15 +140,18 @@ def test_unknown_keys_suggest_the_closest():
   assert got[4] == "Unknown config key 'model.lrn.x'. config.model.lrn is a value, not a group of keys."
 
 
-def test_unknown_override_keys_read_the_given_config_file():
+def test_config_flag_problems_read_the_given_config_file():
   default = os.path.join(ROOT, 'configs', 'digits.py')
   # cifar10's model has no LRN keys; digits' (the default) has.
   argv = ['main', '--config=configs/cifar10.py', '--config.model.lrn=False']
-  assert config_checks.unknown_override_keys(argv, default)[0].startswith(
+  assert config_checks.config_flag_problems(argv, default)[0].startswith(
       "Unknown config key 'model.lrn'.")
-  assert config_checks.unknown_override_keys(argv[:1] + argv[2:], default) == []
-  assert config_checks.unknown_override_keys(['main', '--config', 'configs/ilsvrc.py:runlocal',
-                                              '--config.seed=1'], default) == []
+  assert config_checks.config_flag_problems(argv[:1] + argv[2:], default) == []
+  assert config_checks.config_flag_problems(['main', '--config', 'configs/ilsvrc.py:runlocal',
+                                            '--config.seed=1'], default) == []
+  [p] = config_checks.config_flag_problems(['main', '--config=configs/ilsvr.py'], default)
+  assert p.startswith('--config=configs/ilsvr.py: no such file. The configs are ')
+  assert 'configs/ilsvrc.py' in p
 
 
 # ----------------------------------------------------------------- workdir
