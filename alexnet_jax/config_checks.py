@@ -308,17 +308,15 @@ def workdir_problems(workdir: Optional[str]) -> list[str]:
   return []
 
 
-def check(config, *, workdir: Optional[str] = None, num_devices: Optional[int] = None,
-          dataset_info: Any = None, check_workdir: bool = False) -> None:
-  """Raises ConfigError listing every problem of `config` (and `workdir`)."""
+def check(config, *, num_devices: Optional[int] = None, dataset_info: Any = None) -> None:
+  """Raises ConfigError listing every problem `validate` finds."""
   problems = validate(config, num_devices=num_devices, dataset_info=dataset_info)
-  if check_workdir:
-    problems = workdir_problems(workdir) + problems
   if problems:
     raise ConfigError(format_problems(problems))
 
 
 def format_problems(problems: Sequence[str]) -> str:
+  """One message: how many problems, then one line each."""
   head = ('1 problem' if len(problems) == 1 else f'{len(problems)} problems')
   return (f'cannot start ({head}; nothing was run or written):\n' +
           '\n'.join(f'  - {p}' for p in problems))

@@ -106,3 +106,18 @@ def test_cli_writes_md_and_csv(runs):
   with open(os.path.join(runs, 'report.md')) as f:
     assert f.read() in out
   assert os.path.exists(os.path.join(runs, 'report.csv'))
+
+
+def test_runs_from_before_the_multicrop_rename_still_count(tmp_path):
+  root = str(tmp_path / 'old')
+  _fake_run(root, {}, dict(eval_top1_error=0.42, eval_top5_error=0.20))
+  legacy = _fake_run(root, {'seed': 1}, dict(eval_top1_error=0.45, eval_top5_error=0.22))
+  path = os.path.join(legacy, 'final_metrics.json')
+  with open(path) as f:
+    metrics = json.load(f)
+  metrics.update(eval10_top1_error=0.43, eval10_top5_error=0.21)   # Old key names.
+  with open(path, 'w') as f:
+    json.dump(metrics, f)
+  rows = report.build([root])
+  assert rows[1].metrics['eval_multicrop_top1_error'] == 0.43
+  assert rows[1].delta == pytest.approx((1.0, 1.0))   # Its 5/10 crops vs the baseline's 1.
