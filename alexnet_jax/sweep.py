@@ -15,7 +15,8 @@ Each run gets the workdir WORKDIR_ROOT/<its overrides>, e.g. `model.lrn-False`
       [-- --config.num_epochs=30 ...]
 
 --dry_run prints the exact commands (a shell script doing what the engine
-would do). --engine=local runs them one after another on this machine;
+would do). --engine=local runs them one after another on this machine, with
+the interpreter running the sweep (sys.executable; --python names another);
 --engine=slurm writes the runs to WORKDIR_ROOT/<sweep>.runs and submits one
 job array (launch/slurm.sbatch), task i running line i. Arguments after `--`
 go to every run (before the run's own overrides, which win). Every run's
