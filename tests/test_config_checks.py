@@ -225,7 +225,8 @@ def test_main_console_one_line_per_event_and_multicrop_names(tmp_path):
   tiny = ['--config.model.conv_features=(8, 8, 8, 8, 8)', '--config.model.fc_features=16',
           '--config.batch_size=32', '--config.num_train_steps=1', '--config.log_every_steps=1',
           '--config.eval.batch_size=360', '--config.async_checkpoints=False']
-  out = _main(f'--workdir={tmp_path}', *tiny)
+  out = _main(f'--workdir={tmp_path}', *tiny,
+              env={'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
   assert out.returncode == 0, out.stderr
   log = out.stdout + out.stderr
   assert 'I0000' not in log and 'xla_bridge' not in log and 'oneDNN' not in log, log
