@@ -209,7 +209,7 @@ def test_main_bad_values_exit_2_naming_each_key_and_write_nothing(tmp_path):
   assert list(workdir.iterdir()) == []
 
 
-def test_main_batch_against_devices_and_empty_workdir(tmp_path):
+def test_main_batch_against_devices_classes_against_dataset_and_empty_workdir(tmp_path):
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   out = _main('--workdir=', '--config.batch_size=7', env=env)
   assert out.returncode == 2 and 'Traceback' not in out.stderr
@@ -217,6 +217,12 @@ def test_main_batch_against_devices_and_empty_workdir(tmp_path):
   assert lines[1].startswith('  - --workdir is empty')
   assert lines[2].startswith('  - config.batch_size=7: must divide over the 2-way data axis')
   assert not os.path.exists(os.path.join(ROOT, 'checkpoints'))
+  # Classes are checked against the dataset once the rest is valid.
+  out = _main(f'--workdir={tmp_path / "w"}', '--config.model.num_classes=5', env=env)
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.splitlines()[1] == ('  - config.model.num_classes=5: the dataset has 10 '
+                                        'classes; set --config.model.num_classes=10.')
+  assert not (tmp_path / 'w').exists()
 
 
 def test_main_console_one_line_per_event_and_multicrop_names(tmp_path):
