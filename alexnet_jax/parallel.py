@@ -46,7 +46,6 @@ global shape only: every layout drops the same units (with
 `jax_threefry_partitionable`, on by default, each device draws only its shard).
 """
 
-import math
 import os
 from typing import Any, Sequence
 
@@ -56,6 +55,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from alexnet_jax import config_checks
 from alexnet_jax import models
 
 DATA, MODEL = 'data', 'model'
@@ -131,21 +131,7 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
   """
   if devices is None:
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-  shape = list(mesh_shape)
-  if len(shape) != 2 or any(not isinstance(s, (int, np.integer)) for s in shape):
-    raise ValueError(f'config.mesh must be two integers (data, model), got {mesh_shape!r}.')
-  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f'config.mesh={tuple(mesh_shape)}: use positive sizes and at most '
-                     'one -1 ("all remaining devices").')
-  if -1 in shape:
-    rest = math.prod(s for s in shape if s != -1)
-    if len(devices) % rest:
-      raise ValueError(f'config.mesh={tuple(mesh_shape)}: {len(devices)} devices do not '
-                       f'divide by {rest}.')
-    shape[shape.index(-1)] = len(devices) // rest
-  if math.prod(shape) != len(devices):
-    raise ValueError(f'config.mesh={tuple(mesh_shape)} needs {math.prod(shape)} devices, '
-                     f'but {len(devices)} are available; set --config.mesh="(-1, {shape[1]})".')
+  shape = config_checks.mesh_shape(mesh_shape, len(devices))
   # Auto axes: the compiler propagates shardings from the inputs', parameters'
   # and activations' annotations (Explicit axes break flax's Dropout).
   return jax.make_mesh(tuple(shape), (DATA, MODEL), devices=devices,

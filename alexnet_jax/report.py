@@ -86,6 +86,8 @@ def load_row(path: epath.Path) -> Row:
   read = lambda name: json.loads((path / name).read_text())
   config = flatten(read(CONFIG)) if (path / CONFIG).exists() else {}
   metrics = read(METRICS) if (path / METRICS).exists() else None
+  if metrics:  # Runs written before the rename called the multi-crop errors eval10_*.
+    metrics = {k.replace('eval10_', 'eval_multicrop_'): v for k, v in metrics.items()}
   return Row(workdir=os.fspath(path), name=path.name, config=config,
              metrics=metrics)
 
@@ -108,11 +110,13 @@ def matches(row: Row, overrides: Mapping[str, Any]) -> bool:
 
 
 def headline(metrics: Mapping[str, Any] | None):
-  """(top-1, top-5, crops): 10-crop errors where present, else single crop."""
+  """(top-1, top-5, crops): multi-crop (10, or 5 without flips) errors where
+  present, else single crop."""
   if not metrics:
     return None, None, None
-  if metrics.get('eval10_top1_error') is not None:
-    return metrics['eval10_top1_error'], metrics.get('eval10_top5_error'), 10
+  if metrics.get('eval_multicrop_top1_error') is not None:
+    return (metrics['eval_multicrop_top1_error'], metrics.get('eval_multicrop_top5_error'),
+            metrics.get('eval_multicrop_crops') or 10)
   return metrics.get('eval_top1_error'), metrics.get('eval_top5_error'), 1
 
 
@@ -201,8 +205,8 @@ def markdown(rows: Sequence[Row]) -> str:
     cells = [row.name, _changes(row) if i else '(baseline)',
              str(m.get('step', '')),
              _pair(_pct(m.get('eval_top1_error')), _pct(m.get('eval_top5_error'))),
-             _pair(_pct(m.get('eval10_top1_error')),
-                   _pct(m.get('eval10_top5_error'))),
+             _pair(_pct(m.get('eval_multicrop_top1_error')),
+                   _pct(m.get('eval_multicrop_top5_error'))),
              delta, ref, note]
     lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
   legend = ('Errors in %, lower is better. Δ: change vs the first row in '
@@ -213,7 +217,7 @@ def markdown(rows: Sequence[Row]) -> str:
 
 
 CSV_FIELDS = ('run', 'changes', 'workdir', 'step', 'eval_top1_error',
-              'eval_top5_error', 'eval10_top1_error', 'eval10_top5_error',
+              'eval_top5_error', 'eval_multicrop_top1_error', 'eval_multicrop_top5_error',
               'eval_loss', 'train_loss', 'wall_time_s', 'delta_top1_pp',
               'delta_top5_pp', 'paper_top1', 'paper_top5', 'paper_note')
 

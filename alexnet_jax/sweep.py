@@ -15,7 +15,8 @@ Each run gets the workdir WORKDIR_ROOT/<its overrides>, e.g. `model.lrn-False`
       [-- --config.num_epochs=30 ...]
 
 --dry_run prints the exact commands (a shell script doing what the engine
-would do). --engine=local runs them one after another on this machine;
+would do). --engine=local runs them one after another on this machine, with
+the interpreter running the sweep (sys.executable; --python names another);
 --engine=slurm writes the runs to WORKDIR_ROOT/<sweep>.runs and submits one
 job array (launch/slurm.sbatch), task i running line i. Arguments after `--`
 go to every run (before the run's own overrides, which win). Every run's
@@ -37,6 +38,8 @@ from typing import Any, Mapping, Sequence
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from alexnet_jax import config_checks
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # main.py's flag defaults, mirrored so that runs parse exactly as main parses.
@@ -177,6 +180,9 @@ def validate(runs: Sequence[Run]) -> None:
   other flags once, by main itself in a subprocess (all runs share them).
   """
   for run in runs:
+    unknown = config_checks.config_flag_problems(run.args, MAIN_DEFAULT_CONFIG)
+    if unknown:
+      raise ValueError(f'Run {run.index} ({run.name}): {" ".join(unknown)}')
     try:
       parse_main_flags(run.args, known_only=True)
     except Exception as e:  # pylint: disable=broad-except
@@ -204,7 +210,8 @@ def define_flags():
                     'local: one after another here; slurm: a job array.')
   flags.DEFINE_bool('dry_run', False, 'Print the commands only.')
   flags.DEFINE_list('only', [], 'Run only these entries (by name).')
-  flags.DEFINE_string('python', 'python', 'Python interpreter to run.')
+  flags.DEFINE_string('python', None, 'Python interpreter to run; default: local: this '
+                      "one (sys.executable), slurm: the job's `python`.")
   flags.DEFINE_bool('skip_done', True,
                     'local: skip runs whose final_metrics.json exists.')
   flags.DEFINE_bool('keep_going', False,
@@ -295,16 +302,17 @@ def main(argv: Sequence[str]) -> int:
   except ValueError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
+  python = FLAGS.python or (sys.executable if FLAGS.engine == 'local' else 'python')
   slurm = dict(sbatch_args=FLAGS.sbatch_args,
                max_parallel=FLAGS.max_parallel, script=FLAGS.sbatch_script)
   if FLAGS.dry_run:
     sys.stdout.write(dry_run_text(
-        runs, FLAGS.sweep, FLAGS.engine, FLAGS.workdir_root, FLAGS.python,
+        runs, FLAGS.sweep, FLAGS.engine, FLAGS.workdir_root, python,
         **(slurm if FLAGS.engine == 'slurm' else {})))
     return 0
   if FLAGS.engine == 'local':
-    return run_local(runs, FLAGS.python, FLAGS.skip_done, FLAGS.keep_going)
-  return run_slurm(runs, FLAGS.sweep, FLAGS.workdir_root, FLAGS.python,
+    return run_local(runs, python, FLAGS.skip_done, FLAGS.keep_going)
+  return run_slurm(runs, FLAGS.sweep, FLAGS.workdir_root, python,
                    **slurm)
 
 

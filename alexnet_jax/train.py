@@ -28,6 +28,7 @@ from clu import metric_writers
 from etils import epath
 
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import config_checks
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
@@ -68,6 +69,11 @@ def trace_then_scale(learning_rate, momentum: float, weight_decay: float,
       optax.scale_by_learning_rate(learning_rate))
 
 
+OPTIMIZER_RULES = {'paper': paper_momentum, 'trace_then_scale': trace_then_scale}
+WEIGHT_DECAY_ON = ('all', 'kernels')   # config.optimizer.weight_decay_on
+SCHEDULES = ('plateau', 'step', 'cosine', 'constant')   # config.schedule.name
+
+
 def decay_mask(params: Any, which: str) -> Any:
   """Which parameters get weight decay: 'all' (paper) or 'kernels' (Caffe)."""
   if which == 'all':
@@ -96,8 +102,7 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> Any:
   elif s.name == 'cosine':
     fn = optax.cosine_decay_schedule(base, max(1, total - warmup))
   else:
-    raise ValueError(f"Unknown config.schedule.name {s.name!r}; use 'plateau', 'step', "
-                     "'cosine' or 'constant'.")
+    raise ValueError(f'Unknown config.schedule.name {s.name!r}; use one of {SCHEDULES}.')
   if warmup:
     fn = optax.join_schedules([optax.linear_schedule(0.0, base, warmup), fn], [warmup])
   if s.name == 'plateau' and not warmup:
@@ -112,14 +117,14 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   the plateau schedule can change it and checkpoints carry it.
   """
   o = config.optimizer
-  rules = {'paper': paper_momentum, 'trace_then_scale': trace_then_scale}
-  if o.rule not in rules:
-    raise ValueError(f"config.optimizer.rule must be one of {sorted(rules)}, got {o.rule!r}.")
-  if o.weight_decay_on not in ('all', 'kernels'):
+  if o.rule not in OPTIMIZER_RULES:
+    raise ValueError(f'config.optimizer.rule must be one of {sorted(OPTIMIZER_RULES)}, '
+                     f'got {o.rule!r}.')
+  if o.weight_decay_on not in WEIGHT_DECAY_ON:
     raise ValueError("config.optimizer.weight_decay_on must be 'all' or 'kernels', "
                      f'got {o.weight_decay_on!r}.')
   mask = None if o.weight_decay_on == 'all' else functools.partial(decay_mask, which='kernels')
-  return optax.inject_hyperparams(rules[o.rule], static_args=('mask',))(
+  return optax.inject_hyperparams(OPTIMIZER_RULES[o.rule], static_args=('mask',))(
       learning_rate=learning_rate_schedule(config, steps_per_epoch),
       momentum=o.momentum, weight_decay=o.weight_decay, mask=mask)
 
@@ -327,14 +332,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   Writes TensorBoard events, config.json and, at the end, final_metrics.json.
   Returns the final train state.
   """
+  config_checks.check(config, num_devices=jax.device_count())  # Before the workdir.
   # ---------------------------------------------------------------- logging
   workdir = epath.Path(workdir)  # A local path or a bucket (gs://...).
   if '://' not in str(workdir):
     workdir = workdir.absolute()
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
-  writer = metric_writers.create_default_writer(
-      str(workdir), just_logging=not is_main, asynchronous=True)
+  # TensorBoard only: the loop logs one console line per event itself.
+  writer = metric_writers.AsyncMultiWriter(
+      [metric_writers.SummaryWriter(str(workdir))] if is_main else [])
   if is_main:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
@@ -400,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # ------------------------------------------------------------ evaluation
   def run_evals(state, step):
     results = {}
-    crops = [('eval', False)] + ([('eval10', True)] if config.eval.ten_crop else [])
+    crops = [('eval', False)] + ([('eval_multicrop', True)] if config.eval.ten_crop else [])
     for prefix, ten in crops:
       t0 = time.time()
       m = evaluate(state.params, config, eval_fn=p_eval_step, sharding=data_sharding,
@@ -490,8 +497,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
            'eval_top1_error': last_eval.get('eval_top1_error'),
            'eval_top5_error': last_eval.get('eval_top5_error'),
            'eval_loss': last_eval.get('eval_loss'),
-           'eval10_top1_error': last_eval.get('eval10_top1_error'),
-           'eval10_top5_error': last_eval.get('eval10_top5_error')}
+           'eval_multicrop_top1_error': last_eval.get('eval_multicrop_top1_error'),
+           'eval_multicrop_top5_error': last_eval.get('eval_multicrop_top5_error'),
+           'eval_multicrop_crops': (10 if config.input.flip else 5) if config.eval.ten_crop else None}
   if is_main:
     (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
   logging.info('Done: %s', json.dumps(final))

@@ -89,5 +89,5 @@ def test_train_and_evaluate_one_step(prepared, tmp_path):
   with open(tmp_path / 'work' / 'final_metrics.json') as f:
     final = json.load(f)
   assert final['step'] == 1
-  for key in ('train_loss', 'eval_top1_error', 'eval10_top1_error', 'eval10_top5_error'):
+  for key in ('train_loss', 'eval_top1_error', 'eval_multicrop_top1_error', 'eval_multicrop_top5_error'):
     assert np.isfinite(final[key]), key

@@ -223,7 +223,9 @@ def test_dry_run_output_is_what_readme_documents(name):
   command, expected = README_EXAMPLES[name]
   out = subprocess.run(['bash', '-c', command], cwd=ROOT, env=_env(),
                        check=True, capture_output=True, text=True)
-  assert out.stdout == expected
+  # The local engine runs the interpreter running the sweep; README calls it `python`.
+  python = shutil.which('python', path=_env()['PATH'])
+  assert out.stdout.replace(f'\n{python} -m ', '\npython -m ') == expected
 
 
 # --------------------------------------------------------- the engines
@@ -331,6 +333,18 @@ def test_local_engine_runs_one_after_another_and_skips_done(tmp_path, fake_bin):
   again = subprocess.run(cmd, cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout
   assert again.count('done, skipped') == 3 and len(_records(log)) == 3
+
+
+def test_local_engine_defaults_to_its_own_interpreter(tmp_path):
+  # Not `python` from PATH: from a venv that is not activated that lacks absl.
+  env = _env(PATH='/nonexistent')
+  out = subprocess.run([sys.executable, '-m', 'alexnet_jax.sweep',
+                        '--sweep=configs/sweeps/digits_smoke.py',
+                        f'--workdir_root={tmp_path}', '--dry_run'], cwd=ROOT, env=env,
+                       check=True, capture_output=True, text=True).stdout
+  commands = [line for line in out.splitlines() if not line.startswith('#')]
+  assert len(commands) == 3
+  assert all(c.startswith(f'{sys.executable} -m alexnet_jax.main ') for c in commands)
 
 
 def test_local_engine_stops_at_a_failure_unless_keep_going(tmp_path, fake_bin):

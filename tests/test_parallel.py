@@ -297,8 +297,9 @@ def test_split_towers_errors_are_clear():
 
 def test_batch_size_against_mesh_fails_before_training(tmp_path):
   config = _loop_config(batch_size=30, mesh=(-1, 2))
-  with pytest.raises(ValueError, match='batch_size=30 does not divide over the 4-way'):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match='batch_size=30: must divide over the 4-way'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
 
 
 class _FakeDevice:

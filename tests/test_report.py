@@ -27,8 +27,8 @@ def _fake_run(root, overrides, metrics, name=None):
   if metrics is not None:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump({'step': 1000, 'eval_loss': 1.0, 'train_loss': 0.5,
-                 'wall_time_s': 60.0, 'eval10_top1_error': None,
-                 'eval10_top5_error': None, **metrics}, f)
+                 'wall_time_s': 60.0, 'eval_multicrop_top1_error': None,
+                 'eval_multicrop_top5_error': None, **metrics}, f)
   return workdir
 
 
@@ -36,7 +36,7 @@ def _fake_run(root, overrides, metrics, name=None):
 def runs(tmp_path):
   root = str(tmp_path / 'ablations')
   ten = lambda t1, t5, c1, c5: dict(eval_top1_error=t1, eval_top5_error=t5,
-                                    eval10_top1_error=c1, eval10_top5_error=c5)
+                                    eval_multicrop_top1_error=c1, eval_multicrop_top5_error=c5)
   _fake_run(root, {'model.lrn': False}, ten(0.43, 0.21, 0.42, 0.20))
   _fake_run(root, {}, ten(0.42, 0.20, 0.407, 0.182))
   _fake_run(root, {'model.pool_window': 2, 'model.pool_stride': 2},
@@ -82,7 +82,7 @@ def test_markdown_and_csv(runs):
   table = list(csv.DictReader(io.StringIO(report.to_csv(rows))))
   assert [r['run'] for r in table] == [r.name for r in rows]
   assert float(table[1]['delta_top1_pp']) == pytest.approx(1.3)
-  assert table[1]['eval10_top1_error'] == '0.42'
+  assert table[1]['eval_multicrop_top1_error'] == '0.42'
   assert table[1]['paper_top1'] == '1.4'
   assert table[3]['step'] == ''   # one_tower: unfinished
 
@@ -106,3 +106,18 @@ def test_cli_writes_md_and_csv(runs):
   with open(os.path.join(runs, 'report.md')) as f:
     assert f.read() in out
   assert os.path.exists(os.path.join(runs, 'report.csv'))
+
+
+def test_runs_from_before_the_multicrop_rename_still_count(tmp_path):
+  root = str(tmp_path / 'old')
+  _fake_run(root, {}, dict(eval_top1_error=0.42, eval_top5_error=0.20))
+  legacy = _fake_run(root, {'seed': 1}, dict(eval_top1_error=0.45, eval_top5_error=0.22))
+  path = os.path.join(legacy, 'final_metrics.json')
+  with open(path) as f:
+    metrics = json.load(f)
+  metrics.update(eval10_top1_error=0.43, eval10_top5_error=0.21)   # Old key names.
+  with open(path, 'w') as f:
+    json.dump(metrics, f)
+  rows = report.build([root])
+  assert rows[1].metrics['eval_multicrop_top1_error'] == 0.43
+  assert rows[1].delta == pytest.approx((1.0, 1.0))   # Its 5/10 crops vs the baseline's 1.

@@ -167,7 +167,7 @@ def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path):
   assert int(state.step) == 12
   final = json.loads((tmp_path / 'final_metrics.json').read_text())
   assert final['step'] == 12
-  for k in ('eval_top1_error', 'eval_top5_error', 'eval10_top1_error', 'train_loss',
+  for k in ('eval_top1_error', 'eval_top5_error', 'eval_multicrop_top1_error', 'train_loss',
             'train_images_per_second', 'train_l2_grads'):
     assert np.isfinite(final[k]), k
   assert json.loads((tmp_path / 'config.json').read_text())['model']['fc_features'] == 32

@@ -1,0 +1,245 @@
+"""The whole config checked before anything runs (alexnet_jax/config_checks.py, main.py).
+
+One case per validation rule in process; a few runs of main itself check what
+a user sees: status 2, one message naming every bad key, no traceback, and
+nothing written into the workdir.
+"""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_jax import config_checks
+from alexnet_jax import input_pipeline
+from alexnet_jax import train
+from configs import cifar10
+from configs import digits
+from configs import ilsvrc
+from configs import imagenette
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+Info = collections.namedtuple('Info', 'num_classes')
+
+
+def _config(**overrides):
+  config = digits.get_config()
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.mark.parametrize('module', [digits, ilsvrc, imagenette, cifar10])
+def test_shipped_configs_are_valid(module):
+  assert config_checks.validate(module.get_config(), num_devices=8) == []
+  assert config_checks.validate(module.get_config(), num_devices=1) == []
+
+
+# (overrides, the key the one problem must name, a word of the fix)
+RULES = [
+    ({'schedule.name': 'cosin'}, 'schedule.name', "schedule.name=cosine?"),
+    ({'model.activation': 'gelu'}, 'model.activation', "'relu' or 'tanh'"),
+    ({'model.kernel_init': 'xavier'}, 'model.kernel_init', "'paper' or 'he'"),
+    ({'model.dtype': 'float64'}, 'model.dtype', "'float32'"),
+    ({'model.name': 'nope'}, 'model.name', "'alexnet_tiny'"),
+    ({'model.num_classes': 0}, 'model.num_classes', '>= 1'),
+    ({'model.dropout_rate': 1.0}, 'model.dropout_rate', '[0, 1)'),
+    ({'optimizer.rule': 'adam'}, 'optimizer.rule', "'trace_then_scale'"),
+    ({'optimizer.weight_decay_on': 'biases'}, 'optimizer.weight_decay_on', "'kernels'"),
+    ({'optimizer.learning_rate': -1.0}, 'optimizer.learning_rate', '(0, inf)'),
+    ({'optimizer.momentum': 1.0}, 'optimizer.momentum', '[0, 1)'),
+    ({'optimizer.weight_decay': -1e-4}, 'optimizer.weight_decay', '[0, inf)'),
+    ({'schedule.factor': 0.0}, 'schedule.factor', '(0, 1]'),
+    ({'schedule.patience': 0}, 'schedule.patience', '>= 1'),
+    ({'input.mean': 'pixel'}, 'input.mean', "'channel'"),
+    ({'input.pca_lighting': -0.1}, 'input.pca_lighting', '[0, inf)'),
+    ({'input.pixel_scale': 0.0}, 'input.pixel_scale', '(0, inf)'),
+    ({'input.resize_size': 60}, 'input.resize_size', 'model.input_size=67'),
+    ({'dataset.source': 'tfrecords'}, 'dataset.source', "'folder'"),
+    ({'batch_size': 0}, 'batch_size', '>= 1'),
+    ({'eval.batch_size': 0}, 'eval.batch_size', '>= 1'),
+    ({'log_every_steps': 0}, 'log_every_steps', '>= 1'),
+    ({'checkpoint_every_steps': 0}, 'checkpoint_every_steps', '>= 1'),
+    ({'keep_checkpoints': 0}, 'keep_checkpoints', '>= 1'),
+    ({'num_epochs': 0.0}, 'num_epochs', 'num_train_steps > 0'),
+    ({'eval.every_epochs': 0.0}, 'eval.every_epochs', '(0, inf)'),
+    ({'mesh': (3, 1)}, 'mesh', 'needs 3 devices, but 1'),
+    ({'mesh': (-1, -1)}, 'mesh', 'at most one -1'),
+    ({'mesh': (1,)}, 'mesh', 'two integers'),
+    ({'model.lrm': True}, 'model', "keys ['lrm'] that model 'alexnet' does not take"),
+]
+
+
+@pytest.mark.parametrize('overrides,key,fix', RULES, ids=[r[1] + '-' + str(i)
+                                                        for i, r in enumerate(RULES)])
+def test_each_rule_names_the_key_and_the_fix(overrides, key, fix):
+  problems = config_checks.validate(_config(**overrides), num_devices=1)
+  assert len(problems) == 1, problems
+  assert problems[0].startswith(f'config.{key}'), problems
+  assert fix in problems[0], problems
+
+
+def test_num_epochs_zero_is_fine_with_num_train_steps():
+  assert config_checks.validate(_config(num_epochs=0.0, num_train_steps=5)) == []
+
+
+def test_batch_sizes_must_divide_over_the_data_axis():
+  config = _config(batch_size=7, **{'eval.batch_size': 9})
+  problems = config_checks.validate(config, num_devices=2)
+  assert [p.split('=')[0] for p in problems] == ['config.batch_size', 'config.eval.batch_size']
+  assert 'multiple of 2, e.g. 6' in problems[0] and 'e.g. 8' in problems[1]
+  # (-1, 2) on 4 devices: a 2-way data axis; without devices only the form is checked.
+  assert len(config_checks.validate(_config(batch_size=7, mesh=(-1, 2)), num_devices=4)) == 1
+  assert config_checks.validate(config) == []
+
+
+def test_classes_against_the_real_digits_dataset():
+  config = _config(**{'model.num_classes': 5})
+  problems = config_checks.validate(config, dataset_info=input_pipeline.dataset_info(config))
+  assert problems == ['config.model.num_classes=5: the dataset has 10 classes; set '
+                      '--config.model.num_classes=10.']
+
+
+def test_every_problem_is_reported_at_once():
+  bad = {'schedule.name': 'cosin', 'model.activation': 'gelu', 'mesh': (3, 1),
+         'batch_size': 0, 'log_every_steps': 0, 'checkpoint_every_steps': 0,
+         'eval.batch_size': 0, 'model.dtype': 'float64', 'model.name': 'nope',
+         'num_epochs': 0.0, 'optimizer.learning_rate': -1.0}
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.check(_config(**bad), num_devices=1, dataset_info=Info(10))
+  message = str(e.value)
+  assert message.startswith('cannot start (11 problems;')
+  for key in bad:
+    assert f'config.{key}=' in message, key
+
+
+def test_train_and_evaluate_refuses_before_touching_the_workdir(tmp_path):
+  with pytest.raises(config_checks.ConfigError, match='log_every_steps'):
+    train.train_and_evaluate(_config(log_every_steps=0), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
+# ------------------------------------------------------------ unknown keys
+
+
+def test_unknown_keys_suggest_the_closest():
+  config = ilsvrc.get_config()
+  assert config_checks.override_keys(
+      ['main', '--config=x.py', '--config.model.lrm=False', '--noconfig.model.lrn',
+       '--workdir=/w']) == ['model.lrm', 'model.lrn']
+  got = config_checks.unknown_keys(
+      ['model.lrm', 'modl.lrn', 'batchsize', 'optimizer.lr', 'model.lrn', 'model.lrn.x'],
+      config)
+  assert got[:3] == ["Unknown config key 'model.lrm'. Did you mean: model.lrn?",
+                     "Unknown config key 'modl.lrn'. Did you mean: model.lrn?",
+                     "Unknown config key 'batchsize'. Did you mean: batch_size?"]
+  assert got[3].startswith("Unknown config key 'optimizer.lr'. Keys under optimizer: "
+                           'optimizer.learning_rate, optimizer.momentum')
+  assert got[4] == "Unknown config key 'model.lrn.x'. config.model.lrn is a value, not a group of keys."
+
+
+def test_config_flag_problems_read_the_given_config_file():
+  default = os.path.join(ROOT, 'configs', 'digits.py')
+  # cifar10's model has no LRN keys; digits' (the default) has.
+  argv = ['main', '--config=configs/cifar10.py', '--config.model.lrn=False']
+  assert config_checks.config_flag_problems(argv, default)[0].startswith(
+      "Unknown config key 'model.lrn'.")
+  assert config_checks.config_flag_problems(argv[:1] + argv[2:], default) == []
+  assert config_checks.config_flag_problems(['main', '--config', 'configs/ilsvrc.py:runlocal',
+                                            '--config.seed=1'], default) == []
+  [p] = config_checks.config_flag_problems(['main', '--config=configs/ilsvr.py'], default)
+  assert p.startswith('--config=configs/ilsvr.py: no such file. The configs are ')
+  assert 'configs/ilsvrc.py' in p
+
+
+# ----------------------------------------------------------------- workdir
+
+
+def test_workdir_problems(tmp_path, monkeypatch):
+  (tmp_path / 'file').write_text('x')
+  assert config_checks.workdir_problems(str(tmp_path / 'new' / 'run')) == []
+  assert config_checks.workdir_problems('gs://bucket/run') == []
+  for empty in ('', None, '  '):
+    [p] = config_checks.workdir_problems(empty)
+    assert p.startswith('--workdir is empty (an unset $WORKDIR?)')
+  [p] = config_checks.workdir_problems(str(tmp_path / 'file'))
+  assert p.endswith('file is a file, not a directory; pass a directory path.')
+  [p] = config_checks.workdir_problems(str(tmp_path / 'file' / 'run'))
+  assert f'is under {tmp_path / "file"}, which is a file' in p
+  # Permission bits do not bind root, so ask os.access as a non-root user would.
+  monkeypatch.setattr(os, 'access', lambda path, mode: path != str(tmp_path))
+  [p] = config_checks.workdir_problems(str(tmp_path))
+  assert p.endswith('is not writable by this user; pass a directory you can write to.')
+  [p] = config_checks.workdir_problems(str(tmp_path / 'run'))
+  assert f'would be created in {tmp_path}, which is not writable' in p
+
+
+# ------------------------------------------------------ main, end to end
+
+
+def _main(*args, env=None):
+  return subprocess.run([sys.executable, '-m', 'alexnet_jax.main', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, 'PYTHONPATH': ROOT, **(env or {})})
+
+
+def test_main_mistyped_key_one_line_with_suggestion(tmp_path):
+  out = _main(f'--workdir={tmp_path / "w"}', '--config.model.lrm=False')
+  assert out.returncode == 2
+  assert out.stderr == "ERROR: Unknown config key 'model.lrm'. Did you mean: model.lrn?\n"
+  assert not (tmp_path / 'w').exists()
+
+
+def test_main_bad_values_exit_2_naming_each_key_and_write_nothing(tmp_path):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()   # An existing workdir stays as it was.
+  bad = ['schedule.name=cosin', 'model.activation=gelu', 'mesh=(3,1)', 'batch_size=0',
+         'log_every_steps=0', 'checkpoint_every_steps=0', 'eval.batch_size=0',
+         'model.dtype=float64', 'model.name=nope', 'num_epochs=0',
+         'optimizer.learning_rate=-1']
+  out = _main(f'--workdir={workdir}', *(f'--config.{b}' for b in bad),
+              env={'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
+  assert out.returncode == 2, out.stderr
+  assert 'Traceback' not in out.stderr + out.stdout
+  assert out.stderr.startswith('ERROR: cannot start (11 problems; nothing was run or written)')
+  for b in bad:
+    assert f'config.{b.split("=")[0]}=' in out.stderr, b
+  assert list(workdir.iterdir()) == []
+
+
+def test_main_batch_against_devices_classes_against_dataset_and_empty_workdir(tmp_path):
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  out = _main('--workdir=', '--config.batch_size=7', env=env)
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  lines = out.stderr.splitlines()
+  assert lines[1].startswith('  - --workdir is empty')
+  assert lines[2].startswith('  - config.batch_size=7: must divide over the 2-way data axis')
+  assert not os.path.exists(os.path.join(ROOT, 'checkpoints'))
+  # Classes are checked against the dataset once the rest is valid.
+  out = _main(f'--workdir={tmp_path / "w"}', '--config.model.num_classes=5', env=env)
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert out.stderr.splitlines()[1] == ('  - config.model.num_classes=5: the dataset has 10 '
+                                        'classes; set --config.model.num_classes=10.')
+  assert not (tmp_path / 'w').exists()
+
+
+def test_main_console_one_line_per_event_and_multicrop_names(tmp_path):
+  """Items 10, 11: no clu logging-writer echo, no TF/JAX INFO lines, and the
+  multi-crop evaluation named for what it is (digits: 5 crops, no reflections)."""
+  tiny = ['--config.model.conv_features=(8, 8, 8, 8, 8)', '--config.model.fc_features=16',
+          '--config.batch_size=32', '--config.num_train_steps=1', '--config.log_every_steps=1',
+          '--config.eval.batch_size=360', '--config.async_checkpoints=False']
+  out = _main(f'--workdir={tmp_path}', *tiny,
+              env={'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
+  assert out.returncode == 0, out.stderr
+  log = out.stdout + out.stderr
+  assert 'I0000' not in log and 'xla_bridge' not in log and 'oneDNN' not in log, log
+  assert 'logging_writer' not in log, log
+  assert log.count(' step 1/1 ') == 1, log
+  assert log.count('5-crop (no reflections)') == 1, log
+  final = json.loads((tmp_path / 'final_metrics.json').read_text())
+  assert final['eval_multicrop_crops'] == 5
+  assert 0 <= final['eval_multicrop_top1_error'] <= 1
+  assert not any(k.startswith('eval10') for k in final)
