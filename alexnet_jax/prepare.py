@@ -62,7 +62,7 @@ class Settings:
   antialias: bool = False
   encoding: str = 'jpeg'              # 'jpeg' | 'png' (lossless)
   jpeg_quality: Optional[int] = 90    # None for png
-  shard_size: int = 1024              # examples per shard (the last one fewer)
+  shard_size: int = 1024              # at most this many examples per shard (even shards)
 
   def validate(self) -> None:
     problems = []
@@ -339,36 +339,45 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
 # Command line
 # --------------------------------------------------------------------------
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('output_dir', None, 'Directory to write the prepared shards to.')
-flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality of the stored images (1..100).')
-flags.DEFINE_bool('lossless', False, 'Store PNG (lossless) instead of JPEG.')
-flags.DEFINE_integer('workers', 0, 'Worker processes; 0 = one per available CPU core.')
-flags.DEFINE_list('splits', None, 'Splits to prepare; default the config\'s train '
-                  'and eval splits.')
-flags.DEFINE_integer('shard_size', 1024, 'Images per shard.')
-flags.DEFINE_bool('tfds_build', False, 'Prepare the tfds dataset config.dataset.name '
-                  'in config.dataset.data_dir (manual files in config.dataset.manual_dir) '
-                  'with tfds\' download_and_prepare; no apache_beam needed.')
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]) whose '
-                                'dataset to prepare.', lock_config=True)
-flags.mark_flags_as_required(['config'])
+# Flags are defined only when this module is the program (or by a caller with
+# its own FlagValues), so that importing it does not clash with main's --config.
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE_string('output_dir', None, 'Directory to write the prepared shards to.',
+                      flag_values=fv)
+  flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality of the stored images (1..100).',
+                       flag_values=fv)
+  flags.DEFINE_bool('lossless', False, 'Store PNG (lossless) instead of JPEG.',
+                    flag_values=fv)
+  flags.DEFINE_integer('workers', 0, 'Worker processes; 0 = one per available CPU core.',
+                       flag_values=fv)
+  flags.DEFINE_list('splits', None, 'Splits to prepare; default the config\'s train '
+                    'and eval splits.', flag_values=fv)
+  flags.DEFINE_integer('shard_size', 1024, 'Images per shard.', flag_values=fv)
+  flags.DEFINE_bool('tfds_build', False, 'Prepare the tfds dataset config.dataset.name '
+                    'in config.dataset.data_dir (manual files in '
+                    'config.dataset.manual_dir) with tfds\' download_and_prepare; no '
+                    'apache_beam needed.', flag_values=fv)
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]) '
+                                  'whose dataset to prepare.', flag_values=fv,
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config'], flag_values=fv)
+
+
+def run(fv: flags.FlagValues = flags.FLAGS) -> int:
+  """The command on parsed flags; 0, or 1 after one ERROR line on stderr."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
-  config = FLAGS.config
+  config = fv.config
   try:
-    if FLAGS.lossless and FLAGS['jpeg_quality'].present:
+    if fv.lossless and fv['jpeg_quality'].present:
       raise PrepareError('--lossless stores PNG; drop --jpeg_quality (or --lossless).')
-    if not FLAGS.tfds_build and not FLAGS.output_dir:
+    if not fv.tfds_build and not fv.output_dir:
       raise PrepareError('Pass --output_dir=DIR (the prepared images) and/or '
                          '--tfds_build (prepare the tfds dataset itself).')
-    if FLAGS.tfds_build:
+    if fv.tfds_build:
       if data_sources.source_name(config) != 'tfds':
         raise PrepareError(f'--tfds_build prepares a tfds dataset; the config\'s '
                            f'source is {data_sources.source_name(config)!r}.')
@@ -377,17 +386,25 @@ def main(argv) -> None:
       print(f'tfds {config.dataset.name} is prepared in '
             f'{data_sources._tfds_data_dir(config.dataset)} '  # pylint: disable=protected-access
             f'({time.monotonic() - start:.0f} s).', flush=True)
-    if FLAGS.output_dir:
-      settings = Settings(encoding='png' if FLAGS.lossless else 'jpeg',
-                          jpeg_quality=None if FLAGS.lossless else FLAGS.jpeg_quality,
-                          shard_size=FLAGS.shard_size)
-      prepare(config, FLAGS.output_dir, settings, FLAGS.splits,
-              FLAGS.workers or len(os.sched_getaffinity(0)),
+    if fv.output_dir:
+      settings = Settings(encoding='png' if fv.lossless else 'jpeg',
+                          jpeg_quality=None if fv.lossless else fv.jpeg_quality,
+                          shard_size=fv.shard_size)
+      prepare(config, fv.output_dir, settings, fv.splits,
+              fv.workers or len(os.sched_getaffinity(0)),
               out=lambda line: print(line, flush=True))
   except (data_sources.DatasetNotFoundError, ValueError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
-    sys.exit(1)
+    return 1
+  return 0
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  sys.exit(run(flags.FLAGS))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
