@@ -343,7 +343,8 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
 # its own FlagValues), so that importing it does not clash with main's --config.
 
 
-def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+def define_flags(fv: flags.FlagValues = flags.FLAGS,
+                 sys_argv: Optional[List[str]] = None) -> None:
   flags.DEFINE_string('output_dir', None, 'Directory to write the prepared shards to.',
                       flag_values=fv)
   flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality of the stored images (1..100).',
@@ -361,7 +362,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     'apache_beam needed.', flag_values=fv)
   config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]) '
                                   'whose dataset to prepare.', flag_values=fv,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=sys_argv)
   flags.mark_flags_as_required(['config'], flag_values=fv)
 
 
@@ -397,6 +398,14 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> int:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
   return 0
+
+
+def run_command(argv: Sequence[str]) -> int:
+  """`python -m alexnet_jax.prepare ARGS` in this process (argv[0] is the program)."""
+  fv = flags.FlagValues()
+  define_flags(fv, list(argv))
+  fv(list(argv))
+  return run(fv)
 
 
 def main(argv) -> None:
