@@ -218,7 +218,10 @@ def plan(config, splits: Sequence[str], settings: Settings) -> dict:
   source = data_sources.for_config(config)
   sizes = {}
   for name in splits:
-    sizes[name] = source.split(name).size
+    try:
+      sizes[name] = source.split(name).size
+    except KeyError as e:  # tfds: no such split
+      raise PrepareError(f'--splits: the source has no split {name!r} ({e}).') from None
   return {
       'format': FORMAT,
       'source': describe_source(config),

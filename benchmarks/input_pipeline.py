@@ -233,7 +233,7 @@ def prepare_folder(root: str, quality: int) -> None:
   cmd = [sys.executable, '-m', 'alexnet_jax.prepare', '--config=configs/ilsvrc.py',
          f'--config.dataset.folder={root}', f'--output_dir={os.path.join(root, PREPARED)}',
          '--splits=train', f'--jpeg_quality={quality}']
-  print('$ ' + ' '.join(cmd[1:]), flush=True)
+  print('$ python ' + ' '.join(cmd[1:]), flush=True)
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
   print(out.stdout, end='', flush=True)
