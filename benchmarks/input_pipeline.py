@@ -224,7 +224,8 @@ def worker_main(args) -> None:
     count, t, nbytes = run_ours(args.root, args.n, args.batch, args.passes,
                                 antialias=args.pipeline == 'ours_antialias',
                                 prepared=args.pipeline == 'prepared')
-  print(json.dumps({'rate': count / t.wall, 'per_cpu_second': count / t.cpu,
+  tick = 1 / os.sysconf('SC_CLK_TCK')  # the resolution of CPU time
+  print(json.dumps({'rate': count / t.wall, 'per_cpu_second': count / max(t.cpu, tick),
                     'bytes_per_image': nbytes}))
 
 
@@ -303,7 +304,9 @@ def main() -> None:
           cmd = [sys.executable, os.path.abspath(__file__), '--worker', f'--pipeline={p}',
                  f'--root={root}', f'--n={n}', f'--batch={args.batch}',
                  f'--passes={args.passes}']
-          out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+          out = subprocess.run(cmd, capture_output=True, text=True)
+          if out.returncode:
+            sys.exit(f'{p} failed:\n{out.stderr[-3000:]}')
           result = json.loads(out.stdout.strip().splitlines()[-1])
           results[(p, n)].append(result)
           print(f'  round {r + 1}: {p:15s} {n} core(s): {result["rate"]:7.1f} img/s, '
