@@ -285,3 +285,45 @@ def test_command_line_errors_write_nothing(tmp_path):
   assert result.returncode == 1
   assert 'ERROR: --lossless' in result.stderr and 'Traceback' not in result.stderr
   assert not out.exists()
+
+
+_KILLED_MID_SHARD = '''
+import os, signal, sys
+import tensorflow as tf
+from alexnet_jax import prepare
+written = [0]
+class Writer(tf.io.TFRecordWriter):
+  def write(self, record):
+    written[0] += 1
+    if written[0] == 8:  # kill -9 in the middle of the second shard
+      self.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+    super().write(record)
+tf.io.TFRecordWriter = Writer
+sys.exit(prepare.run_command(sys.argv))
+'''
+
+
+def test_killed_mid_shard_then_resumed(folder, lossless, tmp_path):
+  root, _ = folder
+  out = tmp_path / 'out'
+  args = ['--config=configs/digits.py', '--config.dataset.source=auto',
+          f'--config.dataset.folder={root}', f'--config.input.resize_size={R}',
+          '--config.model.num_classes=3', '--lossless', '--shard_size=5', '--workers=1',
+          f'--output_dir={out}']
+  result = subprocess.run([sys.executable, '-c', _KILLED_MID_SHARD, *args], cwd=ROOT,
+                          capture_output=True, text=True,
+                          env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+  assert result.returncode == -9, result.stderr[-2000:]
+  files = sorted(os.listdir(out))
+  assert 'manifest.json' not in files
+  assert 'train-00000-of-00003.tfrecord.json' in files  # complete
+  assert 'train-00001-of-00003.tfrecord' not in files  # never under its final name
+  assert 'train-00001-of-00003.tfrecord.incomplete' in files
+  with pytest.raises(ip.DatasetNotFoundError, match='not finished'):
+    data_sources.for_config(_config(prepared_dir=out))
+  assert prepare.run_command(['prepare', *args]) == 0  # the same command again
+  assert json.loads((out / 'manifest.json').read_text()) == lossless[1]
+  for s in lossless[1]['splits']['train']['shards']:
+    assert _records(out / s['file']) == _records(lossless[0] / s['file'])
+  assert not [f for f in os.listdir(out) if f.endswith('.incomplete')]
