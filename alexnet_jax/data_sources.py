@@ -492,8 +492,13 @@ def _download_and_prepare(spec) -> None:
     return
   if not getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
     check_download_reachable(builder, spec)
-  elif not tf.io.gfile.isdir(_manual_dir(spec)):
-    raise _tfds_not_found(spec, builder)
+  else:  # a manual download: the files must be there (imagenet2012: the two tars)
+    manual_dir = _manual_dir(spec)
+    needed = (('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+              if spec.name.startswith('imagenet2012') else ())
+    if (not tf.io.gfile.isdir(manual_dir) or not tf.io.gfile.listdir(manual_dir)
+        or not all(tf.io.gfile.exists(os.path.join(manual_dir, f)) for f in needed)):
+      raise _tfds_not_found(spec, builder)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=spec.manual_dir))
 

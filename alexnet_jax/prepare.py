@@ -40,7 +40,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from absl import app
 from absl import flags
