@@ -318,7 +318,9 @@ def digits_arrays(split: str):
 @functools.lru_cache(maxsize=None)
 def _digits_source() -> Source:
   def split(name):
-    images, labels = digits_arrays('train' if name == 'train' else 'eval')
+    if name not in ('train', 'eval'):
+      raise KeyError(f"digits has the splits 'train' and 'eval', not {name!r}")
+    images, labels = digits_arrays(name)
     names = np.array([f'digits/{name}/{i}' for i in range(len(labels))])
     return ArraySplit(images, labels, names, paths=False)
   return Source(10, functools.lru_cache(maxsize=None)(split), 'train', 'eval',

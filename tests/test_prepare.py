@@ -276,15 +276,18 @@ def test_source_selection(folder, tmp_path):
   assert ip.dataset_info(_config(folder=root)).class_names == CLASSES
 
 
-def test_command_line_errors_write_nothing(tmp_path):
+def test_command_line_errors_write_nothing(tmp_path, capsys):
   out = tmp_path / 'out'
-  result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.prepare', '--config=configs/digits.py',
-       f'--output_dir={out}', '--lossless', '--jpeg_quality=80'],
-      cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
-  assert result.returncode == 1
-  assert 'ERROR: --lossless' in result.stderr and 'Traceback' not in result.stderr
-  assert not out.exists()
+  digits_config = os.path.join(ROOT, 'configs', 'digits.py')
+  for args, error in (
+      (['--lossless', '--jpeg_quality=80'], 'ERROR: --lossless stores PNG'),
+      (['--jpeg_quality=101'], 'ERROR: --jpeg_quality=101: expected 1..100'),
+      (['--splits=train,nope'], 'ERROR: --splits'),
+      (['--tfds_build'], "ERROR: --tfds_build prepares a tfds dataset; the config's source is 'digits'")):
+    assert prepare.run_command(['prepare', f'--config={digits_config}',
+                                f'--output_dir={out}', *args]) == 1
+    assert error in capsys.readouterr().err, args
+    assert not out.exists()
 
 
 _KILLED_MID_SHARD = '''
