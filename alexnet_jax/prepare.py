@@ -400,6 +400,10 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> int:
   except (data_sources.DatasetNotFoundError, ValueError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 1
+  except (OSError, tf.errors.OpError) as e:  # e.g. disk full while writing
+    print(f'ERROR: {e}\nThe complete shards are kept; rerun the same command to '
+          'write the rest.', file=sys.stderr)
+    return 1
   return 0
 
 

@@ -330,3 +330,30 @@ def test_killed_mid_shard_then_resumed(folder, lossless, tmp_path):
   for s in lossless[1]['splits']['train']['shards']:
     assert _records(out / s['file']) == _records(lossless[0] / s['file'])
   assert not [f for f in os.listdir(out) if f.endswith('.incomplete')]
+
+
+def test_disk_full_is_reported_and_resumable(folder, lossless, tmp_path, monkeypatch,
+                                            capsys):
+  root, _ = folder
+  out = tmp_path / 'out'
+  args = ['prepare', f'--config={os.path.join(ROOT, "configs", "digits.py")}',
+          '--config.dataset.source=auto', f'--config.dataset.folder={root}',
+          f'--config.input.resize_size={R}', '--lossless', '--shard_size=5',
+          '--workers=1', f'--output_dir={out}']
+  written = []
+
+  class FullDisk(tf.io.TFRecordWriter):
+    def write(self, record):
+      written.append(1)
+      if len(written) == 7:  # ENOSPC in the second shard
+        raise OSError(28, 'No space left on device')
+      super().write(record)
+
+  monkeypatch.setattr(tf.io, 'TFRecordWriter', FullDisk)
+  assert prepare.run_command(args) == 1
+  err = capsys.readouterr().err
+  assert 'No space left on device' in err and 'rerun the same command' in err
+  assert 'Traceback' not in err and not (out / 'manifest.json').exists()
+  monkeypatch.undo()
+  assert prepare.run_command(args) == 0
+  assert json.loads((out / 'manifest.json').read_text()) == lossless[1]
