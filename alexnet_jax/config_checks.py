@@ -6,8 +6,8 @@
 Each problem names the key, the bad value and the fix. `unknown_keys` answers
 a mistyped `--config.KEY` with the closest existing keys, as absl does for
 mistyped flags. The allowed names come from the code that uses them
-(models.PRESETS, train.SCHEDULES, ...); `DATASET_SOURCES` and `MEAN_MODES`
-are defined here because their consumers (input_pipeline) have no registry.
+(models.PRESETS, train.SCHEDULES, data_sources.SOURCES, ...); `MEAN_MODES`
+is defined here because its consumer (input_pipeline) has no registry.
 """
 
 import difflib
@@ -17,7 +17,6 @@ import os
 import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-DATASET_SOURCES = ('tfds', 'folder', 'digits')
 MEAN_MODES = ('image', 'channel', 'none')
 
 
@@ -170,6 +169,7 @@ def validate(config, *, num_devices: Optional[int] = None,
   against it (input_pipeline.dataset_info(config)).
   """
   # Imported here: train imports this module.
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   from alexnet_jax import models  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   problems = []
@@ -205,7 +205,11 @@ def validate(config, *, num_devices: Optional[int] = None,
       bad(key, value, f'must be a number in {interval}.')
 
   # ------------------------------------------------------------ data, input
-  one_of('dataset.source', DATASET_SOURCES)
+  if one_of('dataset.source', data_sources.SOURCES):
+    try:  # a folder or prepared_dir the named source would ignore
+      data_sources.source_name(config)
+    except ValueError as e:
+      problems.append(str(e))
   one_of('input.mean', MEAN_MODES)
   positive_int('dataset.shuffle_buffer')
   positive_int('dataset.prefetch', 0)

@@ -10,6 +10,11 @@ deterministic pass order over them and `load(key)` -> encoded image + label:
             falls back to a folder named 'val').
   'digits'  scikit-learn's 8x8 digits in memory (the no-download default), the
             last 360 images are the eval split.
+  'prepared' config.dataset.prepared_dir written by ``python -m alexnet_jax.prepare``
+            from any of the above: the paper's 256x256 images (section 2), once,
+            as sharded TFRecords; read like a tfds split.
+  'auto'    (the default) 'prepared' if config.dataset.prepared_dir is set,
+            else 'folder' if config.dataset.folder is set, else 'tfds'.
 
 ``alexnet_jax.input_pipeline`` turns these into batches (decoding,
 preprocessing, corrupt-file handling, resume).
@@ -18,7 +23,8 @@ preprocessing, corrupt-file handling, resume).
 import dataclasses
 import functools
 import os
-from typing import Callable, List, NamedTuple, Optional, Tuple
+import json
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -36,10 +42,14 @@ class DatasetNotFoundError(FileNotFoundError):
   """The configured dataset is not prepared; the message says how to prepare it."""
 
 
-class DatasetInfo(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
   num_train: int
   num_eval: int
   num_classes: int
+  # Class id -> name (digits '0'..'9', folder sub-directories, tfds label names);
+  # not part of equality.
+  class_names: Tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 # Sources: each split is a set of keys, a pass order over them and `load`.
@@ -121,40 +131,41 @@ class ArraySplit(Split):
     return tf.gather(self._names, key)
 
 
-class TfdsSplit(Split):
-  """A tfds split read from its record files (``SplitInfo.file_instructions``)."""
+class RecordSplit(Split):
+  """A split stored as record files, each process reading its even share.
+
+  Subclasses say which (file, skip, take) ranges make up process p's share
+  (``_instructions``) and how to parse a record (``load``, ``name``). Training
+  reads the share's files in a seeded order, interleaved deterministically,
+  through a seeded shuffle buffer; keys are (record id, serialized record).
+  """
 
   per_process_positions = True
 
-  def __init__(self, builder, split: str, spec):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    self._tfds = tfds
-    self._builder = builder
-    self._split = split
-    self._image_key = spec.image_key
-    self._label_key = spec.label_key
-    self._shuffle_buffer = spec.shuffle_buffer
-    self._cache = spec.cache
+  def __init__(self, size: int, shuffle_buffer: int, cache: bool):
+    self.size = size
+    self._shuffle_buffer = shuffle_buffer
+    self._cache = cache
     self._cached = {}
-    features = builder.info.features
-    self._has_file_name = 'file_name' in features
-    self._decoders = {self._image_key: tfds.decode.SkipDecoding()}
-    if str(builder.info.file_format) not in ('tfrecord', 'FileFormat.TFRECORD'):
-      raise ValueError(f'{builder.name} is stored as {builder.info.file_format}; '
-                       'this pipeline reads tfrecord (the default of `tfds build`).')
-    self.size = builder.info.splits[split].num_examples
 
-  def _subsplit(self, process_index, process_count):
-    return self._tfds.even_splits(self._split, process_count)[process_index]
+  def _instructions(self, process_index: int, process_count: int
+                    ) -> List[Tuple[str, int, int]]:
+    """(path, skip, take) of process_index's share in stored order (take -1: to the end)."""
+    raise NotImplementedError
 
-  def _records(self, subsplit, file_seed=None) -> tf.data.Dataset:
-    """(id, serialized example) of a subsplit; files in a seeded order or in order."""
-    instructions = self._builder.info.splits[subsplit].file_instructions
+  def _share_size(self, process_index: int, process_count: int) -> int:
+    raise NotImplementedError
+
+  def _records(self, instructions, file_seed=None) -> tf.data.Dataset:
+    """(id, serialized example) of (path, skip, take) ranges; files in a seeded order or in order."""
     files = tf.data.Dataset.from_tensor_slices((
-        [os.fspath(i.filename) for i in instructions],
-        [os.path.basename(os.fspath(i.filename)) for i in instructions],
-        np.array([i.skip for i in instructions], np.int64),
-        np.array([i.take for i in instructions], np.int64)))
+        [p for p, _, _ in instructions],
+        [os.path.basename(p) for p, _, _ in instructions],
+        np.array([skip for _, skip, _ in instructions], np.int64),
+        np.array([take for _, _, take in instructions], np.int64)))
+    if not instructions:  # an empty share (more processes than examples)
+      return tf.data.Dataset.from_tensor_slices(
+          (tf.constant([], tf.string), tf.constant([], tf.string)))
     if file_seed is not None:
       files = files.shuffle(len(instructions), seed=file_seed)
 
@@ -170,23 +181,54 @@ class TfdsSplit(Split):
                             deterministic=True)
 
   def epoch(self, epoch, steps, batch, process_index, process_count, seed):
-    subsplit = self._subsplit(process_index, process_count)
+    instructions = self._instructions(process_index, process_count)
     order = fold(tf.constant([seed, ORDER], tf.int64), epoch, process_index)
     if self._cache:  # the share's serialized records, read once, kept in memory
-      if subsplit not in self._cached:
-        self._cached[subsplit] = self._records(subsplit).cache()
-      records = self._cached[subsplit]
+      share = (process_index, process_count)
+      if share not in self._cached:
+        self._cached[share] = self._records(instructions).cache()
+      records = self._cached[share]
     else:
-      records = self._records(subsplit, file_seed=scalar_seed(fold(order, 0)))
+      records = self._records(instructions, file_seed=scalar_seed(fold(order, 0)))
     if self._shuffle_buffer > 1:
       records = records.shuffle(self._shuffle_buffer,
                                 seed=scalar_seed(fold(order, 1)))
     return records.take(steps * batch).enumerate()
 
   def share(self, process_index, process_count):
-    sizes = [self._builder.info.splits[self._subsplit(i, process_count)].num_examples
-             for i in range(process_count)]
-    return self._records(self._subsplit(process_index, process_count)), sizes
+    sizes = [self._share_size(i, process_count) for i in range(process_count)]
+    return self._records(self._instructions(process_index, process_count)), sizes
+
+
+class TfdsSplit(RecordSplit):
+  """A tfds split read from its record files (``SplitInfo.file_instructions``)."""
+
+  def __init__(self, builder, split: str, spec):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    super().__init__(builder.info.splits[split].num_examples, spec.shuffle_buffer,
+                     spec.cache)
+    self._tfds = tfds
+    self._builder = builder
+    self._split = split
+    self._image_key = spec.image_key
+    self._label_key = spec.label_key
+    features = builder.info.features
+    self._has_file_name = 'file_name' in features
+    self._decoders = {self._image_key: tfds.decode.SkipDecoding()}
+    if str(builder.info.file_format) not in ('tfrecord', 'FileFormat.TFRECORD'):
+      raise ValueError(f'{builder.name} is stored as {builder.info.file_format}; '
+                       'this pipeline reads tfrecord (the default of `tfds build`).')
+
+  def _subsplit(self, process_index, process_count):
+    return self._tfds.even_splits(self._split, process_count)[process_index]
+
+  def _instructions(self, process_index, process_count):
+    return [(os.fspath(i.filename), i.skip, i.take) for i in self._builder.info.splits[
+        self._subsplit(process_index, process_count)].file_instructions]
+
+  def _share_size(self, process_index, process_count):
+    return self._builder.info.splits[
+        self._subsplit(process_index, process_count)].num_examples
 
   def load(self, key):
     _, serialized = key
@@ -205,12 +247,59 @@ class TfdsSplit(Split):
     })['file_name']
 
 
+# Features of a prepared record (alexnet_jax.prepare writes them).
+PREPARED_FEATURES = {
+    'image': tf.io.FixedLenFeature([], tf.string),  # JPEG or PNG, R x R x 3
+    'label': tf.io.FixedLenFeature([], tf.int64),
+    'name': tf.io.FixedLenFeature([], tf.string),   # the original file / record
+}
+
+
+def even_share(size: int, process_index: int, process_count: int) -> Tuple[int, int]:
+  """[start, end) of process_index's share of `size` examples (sizes differ by <= 1)."""
+  return (size * process_index // process_count,
+          size * (process_index + 1) // process_count)
+
+
+class PreparedSplit(RecordSplit):
+  """A split written by ``alexnet_jax.prepare``: shards of tf.train.Example."""
+
+  def __init__(self, files: Sequence[Tuple[str, int]], shuffle_buffer: int,
+               cache: bool):
+    """files: (path, number of examples) of each shard, in stored order."""
+    self._files = list(files)
+    super().__init__(sum(n for _, n in self._files), shuffle_buffer, cache)
+
+  def _instructions(self, process_index, process_count):
+    start, end = even_share(self.size, process_index, process_count)
+    out, first = [], 0
+    for path, n in self._files:  # the shards' parts inside [start, end)
+      skip, stop = max(start - first, 0), min(end - first, n)
+      if stop > skip:
+        out.append((path, skip, stop - skip))
+      first += n
+    return out
+
+  def _share_size(self, process_index, process_count):
+    start, end = even_share(self.size, process_index, process_count)
+    return end - start
+
+  def load(self, key):
+    ex = tf.io.parse_single_example(key[1], PREPARED_FEATURES)
+    return {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32),
+            'name': ex['name']}
+
+  def name(self, key):
+    return tf.io.parse_single_example(key[1], {'name': PREPARED_FEATURES['name']})['name']
+
+
 @dataclasses.dataclass
 class Source:
   num_classes: int
   split: Callable[[str], Split]  # split name -> Split
   train_split: str
   eval_split: str
+  class_names: Tuple[str, ...] = ()  # class id -> name
 
 
 # ----------------------------------------------------------------- digits
@@ -229,10 +318,13 @@ def digits_arrays(split: str):
 @functools.lru_cache(maxsize=None)
 def _digits_source() -> Source:
   def split(name):
-    images, labels = digits_arrays('train' if name == 'train' else 'eval')
+    if name not in ('train', 'eval'):
+      raise KeyError(f"digits has the splits 'train' and 'eval', not {name!r}")
+    images, labels = digits_arrays(name)
     names = np.array([f'digits/{name}/{i}' for i in range(len(labels))])
     return ArraySplit(images, labels, names, paths=False)
-  return Source(10, functools.lru_cache(maxsize=None)(split), 'train', 'eval')
+  return Source(10, functools.lru_cache(maxsize=None)(split), 'train', 'eval',
+                tuple(str(i) for i in range(10)))
 
 
 # ----------------------------------------------------------------- folder
@@ -293,7 +385,7 @@ def _folder_source(root: str, train_split: str, eval_split: str) -> Source:
                        np.array(paths), paths=True)
 
   return Source(len(classes), functools.lru_cache(maxsize=None)(split),
-                 train_split, eval_split)
+                train_split, eval_split, tuple(classes))
 
 
 # ------------------------------------------------------------------- tfds
@@ -304,30 +396,45 @@ def _tfds_data_dir(spec) -> str:
           or os.path.expanduser('~/tensorflow_datasets'))
 
 
+def _manual_dir(spec) -> str:
+  return spec.manual_dir or os.path.join(_tfds_data_dir(spec), 'downloads', 'manual')
+
+
+def tfds_build_command(spec) -> str:
+  """The project command that prepares tfds dataset spec.name (no apache_beam needed)."""
+  name = spec.name.split(':')[0]
+  command = 'python -m alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build'
+  if name != 'imagenet2012':
+    command += f' --config.dataset.name={spec.name}'
+  command += f' --config.dataset.data_dir={_tfds_data_dir(spec)}'
+  if name == 'imagenet2012' or spec.manual_dir:
+    command += f' --config.dataset.manual_dir={_manual_dir(spec)}'
+  return command
+
+
 def _tfds_not_found(spec, builder=None) -> DatasetNotFoundError:
   """spec: config.dataset or a _TfdsSpec."""
   name, data_dir = spec.name, _tfds_data_dir(spec)
   manual = builder is not None and getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
   if name.split(':')[0].split('/')[0] == 'imagenet2012' or manual:
-    manual_dir = spec.manual_dir or os.path.join(data_dir, 'downloads', 'manual')
     files = ('ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from '
              'https://image-net.org/download-images, registration required)'
              if name.startswith('imagenet2012') else f'the files tfds asks for:\n{manual}')
     return DatasetNotFoundError(
         f'tfds dataset {name!r} is not prepared in {data_dir}. It needs a manual '
         f'download; prepare it once:\n'
-        f'  1. put {files} in {manual_dir}\n'
-        f'  2. run: tfds build {name} --data_dir={data_dir} --manual_dir={manual_dir}\n'
-        f'     (or in Python: alexnet_jax.data_sources.prepare_tfds(config), which calls\n'
-        f'     tfds.builder({name!r}, data_dir=...).download_and_prepare(download_config='
-        f'tfds.download.DownloadConfig(manual_dir=...)))\n'
+        f'  1. put {files} in {_manual_dir(spec)}\n'
+        f'  2. run: {tfds_build_command(spec)}\n'
+        f'     (tfds\' download_and_prepare with the tars as manual_dir; no apache_beam)\n'
         f'then pass --config.dataset.data_dir={data_dir}. Preparing ImageNet takes '
-        'a few hours and ~150 GB; on Python 3.11 tfds also needs importlib_resources.')
+        'a few hours and ~150 GB; on Python 3.11 tfds also needs importlib_resources. '
+        'Then optionally `python -m alexnet_jax.prepare ... --output_dir=DIR` writes '
+        'the 256x256 images once (README: "Prepared data").')
   return DatasetNotFoundError(
       f'tfds dataset {name!r} is not prepared in {data_dir}. Download and prepare '
-      f'it once with: tfds build {name} --data_dir={data_dir}\n'
-      f'(or in Python: tfds.builder({name!r}, data_dir={data_dir!r}).download_and_prepare()), '
-      f'then pass --config.dataset.data_dir={data_dir}.')
+      f'it once with: {tfds_build_command(spec)}\n'
+      f'(or set --config.dataset.download=True), then pass '
+      f'--config.dataset.data_dir={data_dir}.')
 
 
 def _tfds_builder(spec):
@@ -339,12 +446,63 @@ def _tfds_builder(spec):
     raise DatasetNotFoundError(f'tfds has no dataset {spec.name!r}: {e}') from e
 
 
+def check_download_reachable(builder, spec, timeout: float = 5.0) -> None:
+  """Fails in seconds, with the manual route, if tfds could not fetch spec.name.
+
+  Probes the hosts of the dataset's download URLs (its checksums file) with
+  one TCP connection each, instead of letting tfds retry for minutes offline.
+  Files already in the manual_dir are used by tfds without a download.
+  """
+  import socket  # pylint: disable=g-import-not-at-top
+  import urllib.parse  # pylint: disable=g-import-not-at-top
+  urls = {u: i.filename for u, i in (builder.url_infos or {}).items()}
+  manual_dir = _manual_dir(spec)
+  if any(f and tf.io.gfile.exists(os.path.join(manual_dir, f)) for f in urls.values()):
+    return
+  for host, port in sorted({(p.hostname, p.port or (80 if p.scheme == 'http' else 443))
+                            for p in map(urllib.parse.urlparse, urls)}):
+    try:
+      socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+      listing = '\n'.join(f'       {u}' for u in sorted(urls))
+      raise DatasetNotFoundError(
+          f'Could not download tfds dataset {spec.name!r}: {host}:{port} is not '
+          f'reachable ({type(e).__name__}: {e}). Prepare it by hand, either:\n'
+          f'  1. fetch its file (tfds reads the one it needs from manual_dir) '
+          f'from\n{listing}\n'
+          f'     into {manual_dir} (config.dataset.manual_dir) and rerun, or\n'
+          f'  2. on a machine with network run: {tfds_build_command(spec)}\n'
+          f'     then copy {_tfds_data_dir(spec)} here and pass '
+          f'--config.dataset.data_dir=<that copy>.') from None
+
+
 def prepare_tfds(config) -> None:
-  """Prepares config.dataset.name in config.dataset.data_dir (manual files in manual_dir)."""
+  """Prepares config.dataset.name in config.dataset.data_dir (manual files in manual_dir).
+
+  ``python -m alexnet_jax.prepare --tfds_build`` runs this: tfds' builder's
+  download_and_prepare, which needs no apache_beam (``tfds build`` does).
+  """
+  _download_and_prepare(config.dataset)
+
+
+def _download_and_prepare(spec) -> None:
+  """spec: config.dataset or a _TfdsSpec."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(config.dataset)
+  builder = _tfds_builder(spec)
+  if builder.is_prepared():
+    logging.info('tfds %s is already prepared in %s.', spec.name, builder.data_dir)
+    return
+  if not getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+    check_download_reachable(builder, spec)
+  else:  # a manual download: the files must be there (imagenet2012: the two tars)
+    manual_dir = _manual_dir(spec)
+    needed = (('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+              if spec.name.startswith('imagenet2012') else ())
+    if (not tf.io.gfile.isdir(manual_dir) or not tf.io.gfile.listdir(manual_dir)
+        or not all(tf.io.gfile.exists(os.path.join(manual_dir, f)) for f in needed)):
+      raise _tfds_not_found(spec, builder)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=config.dataset.manual_dir))
+      manual_dir=spec.manual_dir))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,29 +528,127 @@ def _tfds_source(spec: _TfdsSpec) -> Source:
       raise _tfds_not_found(spec, builder)
     logging.info('Downloading and preparing tfds %s in %s (config.dataset.download=True).',
                  spec.name, _tfds_data_dir(spec))
-    builder.download_and_prepare()
+    _download_and_prepare(spec)
   split = functools.lru_cache(maxsize=None)(
       lambda name: TfdsSplit(builder, name, spec))
-  return Source(builder.info.features[spec.label_key].num_classes, split,
-                 spec.train_split, spec.eval_split)
+  label = builder.info.features[spec.label_key]
+  return Source(label.num_classes, split, spec.train_split, spec.eval_split,
+                tuple(label.names))
+
+
+# --------------------------------------------------------------- prepared
+
+MANIFEST = 'manifest.json'
+
+
+@functools.lru_cache(maxsize=None)
+def _prepared_source(root: str, train_split: str, eval_split: str,
+                     shuffle_buffer: int, cache: bool) -> Source:
+  path = os.path.join(root, MANIFEST)
+  command = ('python -m alexnet_jax.prepare --config=<the config of the original '
+             f'data> --output_dir={root}')
+  fix = f'Write it with `{command}` (a rerun finishes an interrupted one).' 
+  if not tf.io.gfile.exists(path):
+    raise DatasetNotFoundError(f'No prepared dataset in {root} ({MANIFEST} is '
+                               f'missing: never prepared, or not finished). {fix}')
+  with tf.io.gfile.GFile(path) as f:
+    manifest = json.load(f)
+  splits = manifest['splits']
+
+  def split(name):
+    if name not in splits:
+      raise DatasetNotFoundError(
+          f'{root} has no split {name!r} (it has {", ".join(sorted(splits))}). '
+          f'Add it with `{command} --splits={",".join(sorted(splits))},{name}`.')
+    files = [(os.path.join(root, s['file']), s['num_examples'])
+             for s in splits[name]['shards']]
+    missing = [p for p, _ in files if not tf.io.gfile.exists(p)]
+    if missing:
+      raise DatasetNotFoundError(f'{len(missing)} shard(s) listed in {path} are '
+                                 f'missing, e.g. {missing[0]}. {fix}')
+    return PreparedSplit(files, shuffle_buffer, cache)
+
+  def pick(name, role):  # the config's split name, else the one prepared as that role
+    return name if name in splits else manifest[role]
+
+  return Source(manifest['num_classes'], functools.lru_cache(maxsize=None)(split),
+                pick(train_split, 'train_split'), pick(eval_split, 'eval_split'),
+                tuple(manifest['class_names']))
+
+
+def read_manifest(root: str) -> dict:
+  with tf.io.gfile.GFile(os.path.join(root, MANIFEST)) as f:
+    return json.load(f)
+
+
+# ------------------------------------------------------------------ config
+
+SOURCES = ('auto', 'tfds', 'folder', 'digits', 'prepared')
+
+
+def source_name(config) -> str:
+  """config.dataset.source with 'auto' resolved (raises on an ambiguous config)."""
+  ds = config.dataset
+  source, folder, prepared = ds.source, ds.get('folder'), ds.get('prepared_dir')
+  if source not in SOURCES:
+    raise ValueError(f'config.dataset.source={source!r}; expected one of '
+                     f'{", ".join(SOURCES)}.')
+  if source == 'auto':
+    return 'prepared' if prepared else 'folder' if folder else 'tfds'
+  if folder and source in ('tfds', 'digits'):
+    raise ValueError(
+        f'config.dataset.folder={folder!r} is set but config.dataset.source='
+        f'{source!r} would ignore it. To train on the folder pass '
+        '--config.dataset.source=folder (or auto); otherwise unset dataset.folder.')
+  if prepared and source != 'prepared':
+    raise ValueError(
+        f'config.dataset.prepared_dir={prepared!r} is set but config.dataset.source='
+        f'{source!r} would ignore it. To read it pass --config.dataset.source='
+        'prepared (or auto); otherwise unset dataset.prepared_dir.')
+  return source
 
 
 def for_config(config) -> Source:
   """The source config.dataset names."""
   ds = config.dataset
-  if ds.source == 'digits':
+  source = source_name(config)
+  if source == 'digits':
     return _digits_source()
-  if ds.source == 'folder':
+  if source == 'folder':
     return _folder_source(ds.folder, ds.train_split, ds.eval_split)
-  if ds.source == 'tfds':
-    return _tfds_source(_TfdsSpec(
-        ds.name, ds.data_dir, ds.manual_dir, ds.image_key, ds.label_key,
-        ds.train_split, ds.eval_split, ds.shuffle_buffer, ds.cache,
-        bool(ds.get('download', False))))
-  raise ValueError(f'config.dataset.source={ds.source!r}; expected tfds, folder or digits.')
+  if source == 'prepared':
+    if not ds.get('prepared_dir'):
+      raise DatasetNotFoundError(
+          'config.dataset.source="prepared" needs config.dataset.prepared_dir, the '
+          'output_dir of `python -m alexnet_jax.prepare --config=... --output_dir=DIR`.')
+    src = _prepared_source(ds.prepared_dir, ds.train_split, ds.eval_split,
+                           ds.shuffle_buffer, ds.cache)
+    _check_prepared_matches(config)
+    return src
+  return _tfds_source(_TfdsSpec(
+      ds.name, ds.data_dir, ds.manual_dir, ds.image_key, ds.label_key,
+      ds.train_split, ds.eval_split, ds.shuffle_buffer, ds.cache,
+      bool(ds.get('download', False))))
+
+
+def _check_prepared_matches(config) -> None:
+  """The prepared images must be the R x R images this config's recipe starts from."""
+  manifest = read_manifest(config.dataset.prepared_dir)
+  if manifest['resize_size'] != config.input.resize_size:
+    raise ValueError(
+        f'{config.dataset.prepared_dir} holds {manifest["resize_size"]}x'
+        f'{manifest["resize_size"]} images but config.input.resize_size='
+        f'{config.input.resize_size}; prepare again with this resize_size or set it '
+        f'to {manifest["resize_size"]}.')
+  if manifest['antialias'] != bool(config.input.get('antialias', False)):
+    logging.log_first_n(
+        logging.WARNING, '%s was resampled with antialias=%s, config.input.antialias=%s.',
+        1, config.dataset.prepared_dir, manifest['antialias'],
+        config.input.get('antialias', False))
 
 
 def dataset_info(config) -> DatasetInfo:
   source = for_config(config)
   return DatasetInfo(source.split(source.train_split).size,
-                     source.split(source.eval_split).size, source.num_classes)
+                     source.split(source.eval_split).size, source.num_classes,
+                     source.class_names)

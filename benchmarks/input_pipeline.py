@@ -9,8 +9,13 @@ the table reports the median round.
   ours:  alexnet_jax.input_pipeline.train_iterator on a folder source, the
          paper's recipe as configs/ilsvrc.py sets it: fused decode-and-crop of
          the 227 patch of the shorter-side-256 central crop, random crop, flip,
-         PCA lighting, mean image subtracted, float32 batches in NumPy (with
-         config.input.antialias False, the default, and True).
+         PCA lighting, mean image subtracted, batches in NumPy (with
+         config.input.antialias False, the default; ours_antialias: True).
+  prepared: the same train_iterator and recipe on the same images prepared
+         once by `python -m alexnet_jax.prepare` (256x256 central crops, JPEG
+         quality --jpeg_quality; the preparation itself is not timed):
+         config.dataset.prepared_dir. Its row also has the decode-only rate of
+         the same files (TFRecord parse + tf.io.decode_jpeg, nothing else).
   torch: torch.utils.data.DataLoader over PIL, the transforms torchvision
          applies to PIL images: Resize(256) (PIL antialiased bilinear),
          CenterCrop(256), RandomCrop(227), RandomHorizontalFlip, ToTensor and a
@@ -20,6 +25,11 @@ the table reports the median round.
 
   pip install -r benchmarks/requirements.txt
   python benchmarks/input_pipeline.py --cores=1,2 --output=/tmp/input_pipeline.json
+
+Rows: key ('ours', 'prepared', 'torch', ...), img_per_cpu_second,
+bytes_per_image (the bytes of one training example as the iterator yields it:
+the nbytes of every array of a batch / batch size), for 'prepared'
+decode_only_img_per_cpu_second, and ratios to PyTorch.
 """
 
 import argparse
@@ -83,17 +93,27 @@ class Timer:
     self.cpu = tree_cpu_seconds(os.getpid()) - self.cpu
 
 
-def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool):
+def _import_tf():
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   sys.path.insert(0, ROOT)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
+  return tf
+
+
+def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool,
+             prepared: bool = False):
+  _import_tf()
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from configs import ilsvrc  # pylint: disable=g-import-not-at-top
   config = ilsvrc.get_config()
-  config.dataset.source = 'folder'
-  config.dataset.folder = root
-  config.dataset.eval_split = 'val'
+  if prepared:
+    config.dataset.source = 'prepared'
+    config.dataset.prepared_dir = os.path.join(root, PREPARED)
+  else:
+    config.dataset.source = 'folder'
+    config.dataset.folder = root
+    config.dataset.eval_split = 'val'
   config.dataset.threads = threads
   config.input.antialias = antialias
   n = input_pipeline.dataset_info(config).num_train
@@ -104,8 +124,36 @@ def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool):
   with Timer() as t:
     for _ in range(steps * passes):
       b = next(it)
-  assert b['image'].shape == (batch, CROP, CROP, 3)
-  return steps * passes * batch, t
+  assert b['image'].shape[0] == batch
+  return steps * passes * batch, t, sum(v.nbytes for v in b.values()) / batch
+
+
+def run_decode_only(root: str, threads: int, batch: int, passes: int):
+  """The prepared files read and decoded (tf.io.decode_jpeg), nothing else."""
+  tf = _import_tf()
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(root, PREPARED)
+  manifest = data_sources.read_manifest(directory)
+  files = [os.path.join(directory, s['file']) for s in manifest['splits']['train']['shards']]
+  n = manifest['splits']['train']['num_examples']
+
+  def decode(record):
+    ex = tf.io.parse_single_example(record, data_sources.PREPARED_FEATURES)
+    return tf.io.decode_jpeg(ex['image'], channels=3)
+
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
+  ds = tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True).repeat().with_options(options)
+  it = iter(ds)
+  steps = n // batch
+  for _ in range(steps):  # warm-up pass
+    next(it)
+  with Timer() as t:
+    for _ in range(steps * passes):
+      b = next(it)
+  return steps * passes * batch, t, b.numpy().nbytes / batch
 
 
 class _PilTrainSet:
@@ -163,23 +211,43 @@ def run_torch(root: str, workers: int, batch: int, passes: int):
       for x, _ in loader:
         count += x.shape[0]
   assert x.shape == (batch, 3, CROP, CROP)
-  return count, t
+  return count, t, (x.numpy().nbytes + 8 * batch) / batch  # float32 image + int64 label
 
 
 def worker_main(args) -> None:
   os.sched_setaffinity(0, set(range(args.n)))
   if args.pipeline == 'torch':
-    count, t = run_torch(args.root, args.n, args.batch, args.passes)
+    count, t, nbytes = run_torch(args.root, args.n, args.batch, args.passes)
+  elif args.pipeline == 'decode_only':
+    count, t, nbytes = run_decode_only(args.root, args.n, args.batch, args.passes)
   else:
-    count, t = run_ours(args.root, args.n, args.batch, args.passes,
-                        antialias=args.pipeline == 'ours_antialias')
-  print(json.dumps({'rate': count / t.wall, 'per_cpu_second': count / t.cpu}))
+    count, t, nbytes = run_ours(args.root, args.n, args.batch, args.passes,
+                                antialias=args.pipeline == 'ours_antialias',
+                                prepared=args.pipeline == 'prepared')
+  tick = 1 / os.sysconf('SC_CLK_TCK')  # the resolution of CPU time
+  print(json.dumps({'rate': count / t.wall, 'per_cpu_second': count / max(t.cpu, tick),
+                    'bytes_per_image': nbytes}))
+
+
+def prepare_folder(root: str, quality: int) -> None:
+  """root/PREPARED: root/train prepared by the project's command (not timed)."""
+  cmd = [sys.executable, '-m', 'alexnet_jax.prepare', '--config=configs/ilsvrc.py',
+         f'--config.dataset.folder={root}', f'--output_dir={os.path.join(root, PREPARED)}',
+         '--splits=train', f'--jpeg_quality={quality}']
+  print('$ python ' + ' '.join(cmd[1:]), flush=True)
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  print(out.stdout, end='', flush=True)
+  if out.returncode:
+    sys.exit(f'prepare failed:\n{out.stderr[-3000:]}')
 
 
 # ------------------------------------------------------------------- driver
 
+PREPARED = 'prepared'  # root/PREPARED: the prepared copy of root/train
 PIPELINES = {
     'ours': 'tf.data (ours): fused decode+crop, flip, PCA, mean image; bilinear',
+    'prepared': 'tf.data (ours) on prepared 256x256 JPEGs (alexnet_jax.prepare)',
     'ours_antialias': 'tf.data (ours): same, antialiased bilinear (PIL-like)',
     'torch': 'PyTorch DataLoader + PIL (torchvision PIL transforms), AA bilinear',
 }
@@ -193,7 +261,10 @@ def main() -> None:
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--passes', type=int, default=2)
   parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--pipelines', default=','.join(PIPELINES))
+  parser.add_argument('--pipelines', default='ours,prepared,torch',
+                      help=f'Comma-separated, of {",".join(PIPELINES)}.')
+  parser.add_argument('--jpeg_quality', type=int, default=90,
+                      help='JPEG quality of the prepared images.')
   parser.add_argument('--output', default=None, help='JSON results path')
   # Internal: one measurement in a pinned process.
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
@@ -212,19 +283,30 @@ def main() -> None:
   if max(cores) > available:
     sys.exit(f'--cores={args.cores} but only {available} cores are available.')
   pipelines = args.pipelines.split(',')
-  results = {(p, n): [] for p in pipelines for n in cores}
+  unknown = set(pipelines) - set(PIPELINES)
+  if unknown:
+    sys.exit(f'--pipelines: unknown {sorted(unknown)}; expected some of {",".join(PIPELINES)}.')
+  runs = pipelines + (['decode_only'] if 'prepared' in pipelines else [])
+  results = {(p, n): [] for p in runs for n in cores}
+  prepared_bytes = None
   with tempfile.TemporaryDirectory() as root:
     num = make_folder(args.data, args.repeat, root)
+    if 'prepared' in pipelines:
+      prepare_folder(root, args.jpeg_quality)
+      with open(os.path.join(root, PREPARED, 'manifest.json')) as f:
+        prepared_bytes = json.load(f)['bytes_per_image']
     print(f'{num} images ({args.repeat} x {num // args.repeat} files in {args.data}), '
           f'batch {args.batch}, {args.passes} timed passes, {args.rounds} rounds, '
           f'load average before: {os.getloadavg()[0]:.2f}', flush=True)
     for r in range(args.rounds):
       for n in cores:
-        for p in pipelines:
+        for p in runs:
           cmd = [sys.executable, os.path.abspath(__file__), '--worker', f'--pipeline={p}',
                  f'--root={root}', f'--n={n}', f'--batch={args.batch}',
                  f'--passes={args.passes}']
-          out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+          out = subprocess.run(cmd, capture_output=True, text=True)
+          if out.returncode:
+            sys.exit(f'{p} failed:\n{out.stderr[-3000:]}')
           result = json.loads(out.stdout.strip().splitlines()[-1])
           results[(p, n)].append(result)
           print(f'  round {r + 1}: {p:15s} {n} core(s): {result["rate"]:7.1f} img/s, '
@@ -237,21 +319,34 @@ def main() -> None:
     for p in pipelines:
       row = {'pipeline': PIPELINES[p], 'key': p, 'cores': n, 'threads_or_workers': n,
              'img_per_s': median(p, 'rate'), 'img_per_s_per_core': median(p, 'rate') / n,
-             'img_per_cpu_second': median(p, 'per_cpu_second'), 'rounds': results[(p, n)]}
+             'img_per_cpu_second': median(p, 'per_cpu_second'),
+             'bytes_per_image': median(p, 'bytes_per_image'), 'rounds': results[(p, n)]}
+      if p == 'prepared':
+        row['decode_only_img_per_cpu_second'] = median('decode_only', 'per_cpu_second')
+        row['decode_only_rounds'] = results[('decode_only', n)]
+        row['vs_decode_only_per_cpu_second'] = (
+            row['img_per_cpu_second'] / row['decode_only_img_per_cpu_second'])
+        row['stored_bytes_per_image'] = prepared_bytes
+        row['jpeg_quality'] = args.jpeg_quality
       if 'torch' in pipelines:
         row['vs_torch_per_cpu_second'] = row['img_per_cpu_second'] / median(
             'torch', 'per_cpu_second')
         row['vs_torch_wall'] = row['img_per_s'] / median('torch', 'rate')
       rows.append(row)
-  lines = ['| pipeline | cores | threads/workers | img/s | img/s per core | '
-           'img per CPU-second | vs PyTorch (per CPU-s, wall) |',
-           '|---|---|---|---|---|---|---|']
+  lines = ['| pipeline | key | cores | img/s | img/s per core | '
+           'img per CPU-second | vs PyTorch (per CPU-s, wall) | bytes/image | '
+           'decode-only img per CPU-s (ratio) |',
+           '|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     vs = (f'{r["vs_torch_per_cpu_second"]:.2f}x, {r["vs_torch_wall"]:.2f}x'
           if 'vs_torch_wall' in r else '')
-    lines.append(f'| {r["pipeline"]} | {r["cores"]} | {r["threads_or_workers"]} | '
+    decode = (f'{r["decode_only_img_per_cpu_second"]:.0f} '
+              f'({r["vs_decode_only_per_cpu_second"]:.0%})'
+              if 'decode_only_img_per_cpu_second' in r else '')
+    lines.append(f'| {r["pipeline"]} | {r["key"]} | {r["cores"]} | '
                  f'{r["img_per_s"]:.0f} | {r["img_per_s_per_core"]:.0f} | '
-                 f'{r["img_per_cpu_second"]:.0f} | {vs} |')
+                 f'{r["img_per_cpu_second"]:.0f} | {vs} | {r["bytes_per_image"]:,.0f} | '
+                 f'{decode} |')
   print('\n'.join(lines))
   print(f'load average after: {os.getloadavg()[0]:.2f}. img/s is wall clock on the '
         'pinned cores (lower when other processes share them); img per CPU-second '
@@ -259,6 +354,7 @@ def main() -> None:
   if args.output:
     with open(args.output, 'w') as f:
       json.dump({'images': num, 'batch': args.batch, 'rows': rows,
+                 'prepared_bytes_per_image': prepared_bytes,
                  'cpu_count': os.cpu_count(), 'table': lines}, f, indent=2)
 
 

@@ -6,9 +6,11 @@ Command (one host, all local accelerators):
       --config.dataset.data_dir=$TFDS_DATA_DIR
 
 Data: tfds `imagenet2012` needs a manual download. Put ILSVRC2012_img_train.tar
-and ILSVRC2012_img_val.tar in $TFDS_DATA_DIR/downloads/manual/ and run
-`tfds build imagenet2012 --data_dir=$TFDS_DATA_DIR` (or just start the job: it
-prints these steps if the dataset is missing).
+and ILSVRC2012_img_val.tar in $MANUAL_DIR and run `python -m alexnet_jax.prepare
+--config=configs/ilsvrc.py --tfds_build --config.dataset.data_dir=$TFDS_DATA_DIR
+--config.dataset.manual_dir=$MANUAL_DIR` (or just start the job: it prints these
+steps if the dataset is missing). Optionally write the 256x256 images once with
+`... --output_dir=$PREPARED` and train with --config.dataset.prepared_dir=$PREPARED.
 
 Hardware and time: the paper trained ~90 epochs in 5-6 days on two GTX 580
 3GB GPUs. Ours has not yet been run to completion on ImageNet; see
@@ -31,11 +33,17 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- data
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.source = 'tfds'         # 'tfds' | 'folder' | 'digits'
+  # 'auto': 'prepared' if prepared_dir is set, else 'folder' if folder is set,
+  # else 'tfds' | 'tfds' | 'folder' | 'digits' | 'prepared' (alexnet_jax/data_sources.py)
+  config.dataset.source = 'auto'
   config.dataset.name = 'imagenet2012'   # tfds builder name (source='tfds')
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)    # tfds data_dir
   config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # ILSVRC tars
   config.dataset.folder = ml_collections.config_dict.placeholder(str)  # source='folder': root/{train,val}/CLASS/*.jpg
+  # The paper's 256x256 images written once by `python -m alexnet_jax.prepare
+  # --config=... --output_dir=DIR` (section 2: "down-sampled ... to 256 x 256");
+  # setting it reads them (source 'auto' or 'prepared') instead of the originals.
+  config.dataset.prepared_dir = ml_collections.config_dict.placeholder(str)
   config.dataset.download = False        # imagenet2012 needs a manual download (see above)
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'validation'

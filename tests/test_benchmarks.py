@@ -124,3 +124,27 @@ def test_one_step_equals_float64_numpy_paper_rule():
       rounding = 6 * np.sqrt(np.sum((d * ulp) ** 2) / 12)
       np.testing.assert_allclose(np.sum(eps_g * d), o.learning_rate * fd, rtol=1e-4,
                                  atol=rounding, err_msg=f'{layer}/{name}')
+
+
+def test_input_pipeline_benchmark_prepared_rows(tmp_path):
+  """benchmarks/input_pipeline.py prepares JPEGs made here and reports the interface's keys."""
+  from tests import ilsvrc_fixtures as fx  # pylint: disable=g-import-not-at-top
+  data = tmp_path / 'jpegs'
+  data.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(8):
+    (data / f'n0000000{i % 2}_{i}.JPEG').write_bytes(
+        fx.jpeg_bytes(fx.smooth_image(rng, 300 + 10 * i, 280)))
+  out = tmp_path / 'input_pipeline.json'
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'input_pipeline.py'),
+       f'--data={data}', '--pipelines=prepared', '--cores=1', '--rounds=1', '--passes=1',
+       '--repeat=1', '--batch=4', f'--output={out}'],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Wrote 8 images' in proc.stdout  # the prepare command's own report
+  (row,) = json.loads(out.read_text())['rows']
+  assert row['key'] == 'prepared' and row['img_per_cpu_second'] > 0
+  assert row['decode_only_img_per_cpu_second'] > 0 and row['stored_bytes_per_image'] > 0
+  # One training example as the iterator yields it: a 227x227x3 image and a label.
+  assert row['bytes_per_image'] >= 227 * 227 * 3 + 4

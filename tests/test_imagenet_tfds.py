@@ -8,14 +8,18 @@ both evaluations (centre crop and the paper's 10 crops) run on them.
 
 import collections
 import json
+import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from alexnet_jax import input_pipeline as ip
+from alexnet_jax import prepare
 from configs import ilsvrc
 from tests import ilsvrc_fixtures as fx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _labels_txt(name):
@@ -36,17 +40,23 @@ def prepared(tmp_path_factory):
   root = tmp_path_factory.mktemp('ilsvrc')
   fx.write_ilsvrc2012(str(root / 'manual'), per_class=4, num_val=6)
   config = _config(root)
-  with pytest.raises(ip.DatasetNotFoundError, match='tfds build imagenet2012'):
+  with pytest.raises(ip.DatasetNotFoundError,
+                     match='alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build'):
     ip.dataset_info(config)
-  ip.prepare_tfds(config)  # tfds' own imagenet2012 builder, manual_dir = the tars
+  # The README's command, in this process: tfds' own imagenet2012 builder with
+  # the tars as manual_dir (no apache_beam).
+  assert prepare.run_command([
+      'prepare', f'--config={os.path.join(ROOT, "configs", "ilsvrc.py")}:runlocal',
+      '--tfds_build', f'--config.dataset.data_dir={root / "data"}',
+      f'--config.dataset.manual_dir={root / "manual"}']) == 0
   return root
 
 
 def test_dataset_info_and_batches(prepared):
   config = _config(prepared)
-  assert ip.dataset_info(config) == ip.DatasetInfo(12, 6, 1000)
-
+  info = ip.dataset_info(config)
   synsets = _labels_txt('labels.txt')
+  assert info == ip.DatasetInfo(12, 6, 1000) and info.class_names == tuple(synsets)
   train_ids = {synsets.index(w) for w in fx.SYNSETS}
   it = ip.train_iterator(config, batch_size=4)
   stream = [next(it) for _ in range(7)]  # 3 steps per pass: crosses two passes
@@ -91,3 +101,24 @@ def test_train_and_evaluate_one_step(prepared, tmp_path):
   assert final['step'] == 1
   for key in ('train_loss', 'eval_top1_error', 'eval_multicrop_top1_error', 'eval_multicrop_top5_error'):
     assert np.isfinite(final[key]), key
+
+
+def test_prepare_tfds_split_to_256(prepared, tmp_path):
+  """`prepare --output_dir` on the tfds source: the tfds records' images, names and labels."""
+  out = tmp_path / 'prepared'
+  assert prepare.run_command([
+      'prepare', f'--config={os.path.join(ROOT, "configs", "ilsvrc.py")}:runlocal',
+      f'--config.dataset.data_dir={prepared / "data"}', f'--output_dir={out}',
+      '--workers=1', '--shard_size=5']) == 0
+  manifest = ip.data_sources.read_manifest(str(out))
+  assert manifest['source']['source'] == 'tfds'
+  assert {k: v['num_examples'] for k, v in manifest['splits'].items()} == {
+      'train': 12, 'validation': 6}
+  assert manifest['class_names'] == _labels_txt('labels.txt')
+  config = _config(prepared)
+  config.dataset.prepared_dir = str(out)
+  info = ip.dataset_info(config)
+  assert info == ip.DatasetInfo(12, 6, 1000)
+  split = ip.data_sources.for_config(config).split('train')
+  names = sorted(split.name(k).numpy().decode() for k in split.share(0, 1)[0])
+  assert names == sorted(f'{w}_{i}.JPEG' for w in fx.SYNSETS for i in range(4))

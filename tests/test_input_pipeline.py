@@ -304,7 +304,8 @@ def test_missing_datasets_say_how_to_prepare_them(tmp_path):
   message = str(e.value)
   for part in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar',
                os.path.join(str(tmp_path / 'tfds'), 'downloads', 'manual'),
-               f'tfds build imagenet2012 --data_dir={tmp_path / "tfds"}',
+               'python -m alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build '
+               f'--config.dataset.data_dir={tmp_path / "tfds"}',
                'download_and_prepare'):
     assert part in message
   assert isinstance(e.value, FileNotFoundError)

@@ -1,0 +1,426 @@
+r"""Writes the paper's 256x256 images once, as sharded TFRecords (section 2).
+
+"ImageNet consists of variable-resolution images ... we down-sampled the
+images to a fixed resolution of 256 x 256": the shorter side to
+config.input.resize_size, the central crop, with the very resampling the
+on-the-fly pipeline uses (``preprocessing.base_image``, config.input.antialias),
+rounded to uint8 and stored as JPEG (--jpeg_quality) or PNG (--lossless).
+Training then reads them with --config.dataset.prepared_dir=DIR and only
+crops, flips and adds PCA lighting; decoding a 256x256 JPEG is several times
+cheaper than decoding and resampling a full ImageNet image.
+
+  python -m alexnet_jax.prepare --config=configs/ilsvrc.py \
+      --config.dataset.data_dir=$TFDS_DATA_DIR --output_dir=$PREPARED \
+      [--jpeg_quality=90 | --lossless] [--workers=N] [--splits=train,validation]
+
+reads any source data_sources reads (tfds, folder, digits). And, without
+apache_beam (which ``tfds build imagenet2012`` needs), tfds imagenet2012 from
+the two ILSVRC2012 tars:
+
+  python -m alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build \
+      --config.dataset.data_dir=$TFDS_DATA_DIR --config.dataset.manual_dir=$TARS
+
+Output (readable by every host: process p of P reads its even share):
+  DIR/<split>-<i>-of-<n>.tfrecord       tf.train.Example {image, label, name}
+  DIR/<split>-<i>-of-<n>.tfrecord.json  that shard's count, bytes, corrupt files
+  DIR/prepare.json                      the plan (settings, source, split sizes)
+  DIR/manifest.json                     written last: shards, counts, class
+                                        names, encoding, corrupt files
+
+Reliability: shards are split among --workers processes (spawn, whole shards
+each); every file is written under a '.incomplete' name and renamed when
+complete, so a killed run leaves no half-written shard under a final name,
+and a rerun with the same settings skips the complete shards and writes the
+rest. Files that do not decode are left out, logged and listed in the manifest.
+"""
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Callable, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FORMAT = 'alexnet_jax.prepared/1'
+PLAN = 'prepare.json'
+_INCOMPLETE = '.incomplete'
+
+
+class PrepareError(ValueError):
+  """A bad argument or output directory; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  resize_size: int = 256
+  antialias: bool = False
+  encoding: str = 'jpeg'              # 'jpeg' | 'png' (lossless)
+  jpeg_quality: Optional[int] = 90    # None for png
+  shard_size: int = 1024              # at most this many examples per shard (even shards)
+
+  def validate(self) -> None:
+    problems = []
+    if self.encoding not in ('jpeg', 'png'):
+      problems.append(f'encoding {self.encoding!r}: expected jpeg or png')
+    if self.encoding == 'jpeg' and not (
+        isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100):
+      problems.append(f'--jpeg_quality={self.jpeg_quality}: expected 1..100')
+    if self.resize_size < 1:
+      problems.append(f'config.input.resize_size={self.resize_size}: expected >= 1')
+    if self.shard_size < 1:
+      problems.append(f'--shard_size={self.shard_size}: expected >= 1')
+    if problems:
+      raise PrepareError('; '.join(problems) + '.')
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+  return f'{split}-{index:05d}-of-{count:05d}.tfrecord'
+
+
+def _atomic_write(path: str, data: str) -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path + _INCOMPLETE, 'w') as f:
+    f.write(data)
+  tf.io.gfile.rename(path + _INCOMPLETE, path, overwrite=True)
+
+
+def _read_json(path: str):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def describe_source(config) -> dict:
+  """What the images were prepared from (for the manifest)."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  ds, name = config.dataset, data_sources.source_name(config)
+  if name == 'tfds':
+    return {'source': 'tfds', 'name': ds.name,
+            'data_dir': data_sources._tfds_data_dir(ds)}  # pylint: disable=protected-access
+  if name == 'folder':
+    return {'source': 'folder', 'folder': os.path.abspath(ds.folder)}
+  return {'source': name}
+
+
+# --------------------------------------------------------------------------
+# One shard (in a worker process, or in this one)
+# --------------------------------------------------------------------------
+
+
+def write_shard(config, split_name: str, index: int, count: int, settings: Settings,
+                output_dir: str) -> dict:
+  """Writes shard `index` of `count` of a split; returns its record (count, bytes, corrupt)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import preprocessing as pp  # pylint: disable=g-import-not-at-top
+
+  source = data_sources.for_config(config)
+  split = source.split(split_name)
+  keys, sizes = split.share(index, count)  # contiguous in stored order
+  keys = keys.map(lambda *key: key[0] if len(key) == 1 else key).enumerate()
+  r = settings.resize_size
+
+  def encode(seq, key):
+    ex = split.load(key)
+    image, _ = pp.base_image(ex['image'], r, True, settings.antialias)  # (R, R, 3) float32
+    pixels = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    if settings.encoding == 'png':
+      data = tf.io.encode_png(pixels)
+    else:
+      data = tf.io.encode_jpeg(pixels, quality=settings.jpeg_quality, optimize_size=True)
+    return seq, data, tf.cast(ex['label'], tf.int64), ex['name']
+
+  ds = keys.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+
+  final = os.path.join(output_dir, shard_name(split_name, index, count))
+  written, image_bytes, seen = 0, 0, set()
+  with tf.io.TFRecordWriter(final + _INCOMPLETE) as writer:
+    for seq, data, label, name in ds.as_numpy_iterator():
+      seen.add(int(seq))
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+          'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+          'name': tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
+      })).SerializeToString())
+      written += 1
+      image_bytes += len(data)
+  corrupt = []
+  if written < sizes[index]:  # look up the names of those that did not decode
+    for seq, key in keys:
+      if int(seq) not in seen:
+        corrupt.append(split.name(key).numpy().decode())
+  tf.io.gfile.rename(final + _INCOMPLETE, final, overwrite=True)
+  record = {'file': os.path.basename(final), 'num_examples': written,
+            'image_bytes': image_bytes, 'corrupt': corrupt}
+  _atomic_write(final + '.json', json.dumps(record))  # the shard is complete
+  return {**record, 'split': split_name, 'index': index}
+
+
+def _worker_init() -> None:
+  """A spawned worker: TensorFlow quiet, on one thread, no accelerator."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
+def _worker(task) -> dict:
+  return write_shard(*task)
+
+
+# --------------------------------------------------------------------------
+# The whole dataset
+# --------------------------------------------------------------------------
+
+
+class Progress:
+  """'train: 3,072/12,000 images (3/12 shards), 812 img/s, ETA 0:00:11' lines."""
+
+  def __init__(self, total: int, shards: int, done: int, done_shards: int,
+               label: str, out: Callable[[str], None], every_s: float = 5.0):
+    self.total, self.shards, self.done, self.done_shards = total, shards, done, done_shards
+    self.label, self.out, self.every_s = label, out, every_s
+    self.start, self.start_done, self.last = time.monotonic(), done, 0.0
+
+  def update(self, images: int, force: bool = False) -> None:
+    self.done += images
+    self.done_shards += 1
+    now = time.monotonic()
+    if not force and now - self.last < self.every_s and self.done_shards < self.shards:
+      return
+    self.last = now
+    rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
+    left = (self.total - self.done) / rate if rate > 0 else float('inf')
+    eta = time.strftime('%H:%M:%S', time.gmtime(left)) if left < 1e7 else '?'
+    self.out(f'{self.label}: {self.done:,}/{self.total:,} images ({self.done_shards}/'
+             f'{self.shards} shards), {rate:,.0f} img/s, ETA {eta}')
+
+
+def plan(config, splits: Sequence[str], settings: Settings) -> dict:
+  """What prepare will write; raises DatasetNotFoundError / PrepareError first."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  if data_sources.source_name(config) == 'prepared':
+    raise PrepareError('prepare reads the original images (config.dataset.source '
+                       'tfds, folder or digits), not prepared ones: unset '
+                       'config.dataset.prepared_dir / source.')
+  settings.validate()
+  source = data_sources.for_config(config)
+  sizes = {}
+  for name in splits:
+    try:
+      sizes[name] = source.split(name).size
+    except KeyError as e:  # tfds: no such split
+      raise PrepareError(f'--splits: the source has no split {name!r} ({e}).') from None
+  return {
+      'format': FORMAT,
+      'source': describe_source(config),
+      'settings': dataclasses.asdict(settings),
+      'splits': {n: {'num_examples': s, 'num_shards': max(1, -(-s // settings.shard_size))}
+                 for n, s in sizes.items()},
+      'train_split': source.train_split if source.train_split in sizes else splits[0],
+      'eval_split': source.eval_split if source.eval_split in sizes else splits[-1],
+      'num_classes': source.num_classes,
+      'class_names': list(source.class_names),
+  }
+
+
+def default_splits(config) -> List[str]:
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  source = data_sources.for_config(config)
+  return [source.train_split, source.eval_split]
+
+
+def prepare(config, output_dir: str, settings: Settings = Settings(),
+            splits: Optional[Sequence[str]] = None, workers: int = 1,
+            out: Callable[[str], None] = print) -> dict:
+  """Writes (or finishes) the prepared dataset in output_dir; returns the manifest."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not output_dir:
+    raise PrepareError('--output_dir is empty: name the directory to write.')
+  if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
+    raise PrepareError(f'--output_dir={output_dir} is a file, not a directory.')
+  if workers < 1:
+    raise PrepareError(f'--workers={workers}: expected >= 1.')
+  settings = dataclasses.replace(settings, resize_size=config.input.resize_size,
+                                 antialias=bool(config.input.get('antialias', False)))
+  splits = list(splits or default_splits(config))
+  if len(set(splits)) != len(splits) or not all(splits):
+    raise PrepareError(f'--splits={",".join(splits)}: expected distinct split names.')
+  the_plan = plan(config, splits, settings)
+  plan_path = os.path.join(output_dir, PLAN)
+  if tf.io.gfile.exists(plan_path):
+    old = _read_json(plan_path)
+    if old != the_plan:
+      diff = sorted(k for k in set(old) | set(the_plan) if old.get(k) != the_plan.get(k))
+      raise PrepareError(
+          f'{output_dir} holds a preparation with other {", ".join(diff)} '
+          f'({json.dumps({k: old.get(k) for k in diff})}); use another --output_dir, '
+          'or delete it to start again.')
+  tf.io.gfile.makedirs(output_dir)
+  _atomic_write(plan_path, json.dumps(the_plan, indent=1, sort_keys=True))
+
+  tasks, done = [], {}
+  for name, s in the_plan['splits'].items():
+    for i in range(s['num_shards']):
+      path = os.path.join(output_dir, shard_name(name, i, s['num_shards']))
+      if tf.io.gfile.exists(path) and tf.io.gfile.exists(path + '.json'):
+        done[(name, i)] = _read_json(path + '.json')  # complete: skipped
+      else:
+        tasks.append((config, name, i, s['num_shards'], settings, output_dir))
+  total = sum(s['num_examples'] for s in the_plan['splits'].values())
+  finished = sum(len(r['corrupt']) + r['num_examples'] for r in done.values())
+  what = ', '.join(f'{n} ({s["num_examples"]:,} images, {s["num_shards"]} shards)'
+                   for n, s in the_plan['splits'].items())
+  out(f'Preparing {what} '
+      f'from {json.dumps(the_plan["source"])} into {output_dir}: '
+      f'{settings.resize_size}x{settings.resize_size}, '
+      f'{"PNG" if settings.encoding == "png" else f"JPEG quality {settings.jpeg_quality}"}, '
+      f'{min(workers, max(len(tasks), 1))} worker(s); {len(done)} shard(s) already complete.')
+  progress = Progress(total, len(tasks) + len(done), finished, len(done), 'prepare', out)
+  if tasks:
+    if workers == 1 or len(tasks) == 1:
+      results = (write_shard(*t) for t in tasks)
+      pool = None
+    else:
+      pool = multiprocessing.get_context('spawn').Pool(
+          min(workers, len(tasks)), initializer=_worker_init)
+      results = pool.imap_unordered(_worker, tasks)
+    try:
+      for r in results:
+        done[(r['split'], r['index'])] = r
+        if r['corrupt']:
+          for name in r['corrupt']:
+            logging.warning('Could not decode %r; left out of the prepared data.', name)
+        progress.update(r['num_examples'] + len(r['corrupt']))
+    finally:
+      if pool is not None:
+        pool.terminate()
+        pool.join()
+
+  manifest = {k: the_plan[k] for k in ('format', 'source', 'train_split', 'eval_split',
+                                       'num_classes', 'class_names')}
+  manifest.update(resize_size=settings.resize_size, antialias=settings.antialias,
+                  encoding=settings.encoding, jpeg_quality=settings.jpeg_quality)
+  manifest['splits'], image_bytes, corrupt = {}, 0, []
+  for name, s in the_plan['splits'].items():
+    shards = [done[(name, i)] for i in range(s['num_shards'])]
+    manifest['splits'][name] = {
+        'num_examples': sum(r['num_examples'] for r in shards),
+        'shards': [{'file': r['file'], 'num_examples': r['num_examples']} for r in shards],
+        'corrupt': [c for r in shards for c in r['corrupt']]}
+    image_bytes += sum(r['image_bytes'] for r in shards)
+    corrupt += manifest['splits'][name]['corrupt']
+  images = sum(v['num_examples'] for v in manifest['splits'].values())
+  manifest['image_bytes'] = image_bytes
+  manifest['bytes_per_image'] = image_bytes / max(images, 1)
+  manifest['corrupt'] = corrupt
+  _atomic_write(os.path.join(output_dir, 'manifest.json'),
+                json.dumps(manifest, indent=1, sort_keys=True))
+  for f in tf.io.gfile.listdir(output_dir):  # leftovers of killed runs
+    if f.endswith(_INCOMPLETE):
+      tf.io.gfile.remove(os.path.join(output_dir, f))
+  num_shards = sum(len(v['shards']) for v in manifest['splits'].values())
+  out(f'Wrote {images:,} images in {num_shards} shards to {output_dir}: {image_bytes / 1e6:,.1f} MB, '
+      f'{manifest["bytes_per_image"] / 1e3:.1f} KB per image; {len(corrupt)} corrupt '
+      f'file(s) left out{": " + ", ".join(corrupt) if corrupt else ""}.')
+  out(f'Train on it with --config.dataset.prepared_dir={output_dir}')
+  return manifest
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+# Flags are defined only when this module is the program (or by a caller with
+# its own FlagValues), so that importing it does not clash with main's --config.
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS,
+                 sys_argv: Optional[List[str]] = None) -> None:
+  flags.DEFINE_string('output_dir', None, 'Directory to write the prepared shards to.',
+                      flag_values=fv)
+  flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality of the stored images (1..100).',
+                       flag_values=fv)
+  flags.DEFINE_bool('lossless', False, 'Store PNG (lossless) instead of JPEG.',
+                    flag_values=fv)
+  flags.DEFINE_integer('workers', 0, 'Worker processes; 0 = one per available CPU core.',
+                       flag_values=fv)
+  flags.DEFINE_list('splits', None, 'Splits to prepare; default the config\'s train '
+                    'and eval splits.', flag_values=fv)
+  flags.DEFINE_integer('shard_size', 1024, 'Images per shard.', flag_values=fv)
+  flags.DEFINE_bool('tfds_build', False, 'Prepare the tfds dataset config.dataset.name '
+                    'in config.dataset.data_dir (manual files in '
+                    'config.dataset.manual_dir) with tfds\' download_and_prepare; no '
+                    'apache_beam needed.', flag_values=fv)
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]) '
+                                  'whose dataset to prepare.', flag_values=fv,
+                                  lock_config=True, sys_argv=sys_argv)
+  flags.mark_flags_as_required(['config'], flag_values=fv)
+
+
+def run(fv: flags.FlagValues = flags.FLAGS) -> int:
+  """The command on parsed flags; 0, or 1 after one ERROR line on stderr."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  config = fv.config
+  try:
+    if fv.lossless and fv['jpeg_quality'].present:
+      raise PrepareError('--lossless stores PNG; drop --jpeg_quality (or --lossless).')
+    if not fv.tfds_build and not fv.output_dir:
+      raise PrepareError('Pass --output_dir=DIR (the prepared images) and/or '
+                         '--tfds_build (prepare the tfds dataset itself).')
+    if fv.tfds_build:
+      if data_sources.source_name(config) != 'tfds':
+        raise PrepareError(f'--tfds_build prepares a tfds dataset; the config\'s '
+                           f'source is {data_sources.source_name(config)!r}.')
+      start = time.monotonic()
+      data_sources.prepare_tfds(config)
+      print(f'tfds {config.dataset.name} is prepared in '
+            f'{data_sources._tfds_data_dir(config.dataset)} '  # pylint: disable=protected-access
+            f'({time.monotonic() - start:.0f} s).', flush=True)
+    if fv.output_dir:
+      settings = Settings(encoding='png' if fv.lossless else 'jpeg',
+                          jpeg_quality=None if fv.lossless else fv.jpeg_quality,
+                          shard_size=fv.shard_size)
+      prepare(config, fv.output_dir, settings, fv.splits,
+              fv.workers or len(os.sched_getaffinity(0)),
+              out=lambda line: print(line, flush=True))
+  except (data_sources.DatasetNotFoundError, ValueError) as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 1
+  except (OSError, tf.errors.OpError) as e:  # e.g. disk full while writing
+    print(f'ERROR: {e}\nThe complete shards are kept; rerun the same command to '
+          'write the rest.', file=sys.stderr)
+    return 1
+  return 0
+
+
+def run_command(argv: Sequence[str]) -> int:
+  """`python -m alexnet_jax.prepare ARGS` in this process (argv[0] is the program)."""
+  fv = flags.FlagValues()
+  define_flags(fv, list(argv))
+  fv(list(argv))
+  return run(fv)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  sys.exit(run(flags.FLAGS))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
