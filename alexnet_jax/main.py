@@ -3,6 +3,10 @@ r"""Entry point: python -m alexnet_jax.main --config=configs/ilsvrc.py --workdir
 Every config value is overridable as --config.a.b=value; a mistyped key fails
 before anything runs (lock_config=True). With no --config, the no-download
 default (configs/digits.py) runs.
+
+Exit status: 0 finished; 75 (EX_TEMPFAIL, train.PREEMPTED_EXIT_CODE) stopped by
+SIGTERM/SIGINT with a checkpoint saved (rerun the same command to resume);
+1 an error, with its message on stderr.
 """
 
 import os
@@ -44,8 +48,11 @@ def main(argv):
   parallel.maybe_initialize_distributed()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.Preempted:  # Checkpoint saved; a launcher reruns on this status.
+    sys.exit(train.PREEMPTED_EXIT_CODE)
   except (input_pipeline.DatasetNotFoundError, train.ckpt_lib.CheckpointMismatchError,
-          train.NonFiniteLossError) as e:
+          train.NonFiniteLossError, train.ckpt_lib.CheckpointWriteError,
+          train.workdir_lock.WorkdirLockedError, train.EvaluationError) as e:
     logging.error('%s', e)
     print(f'ERROR: {e}', file=sys.stderr)
     sys.exit(1)

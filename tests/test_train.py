@@ -213,7 +213,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
       proc.send_signal(signal.SIGTERM)
       break
   out = ''.join(lines) + proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out
+  assert proc.returncode == train.PREEMPTED_EXIT_CODE, out
   assert 'Preempted at step' in out, out
   stopped = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=1,
                                   use_async=False).latest_step()
