@@ -142,12 +142,24 @@ class Checkpointer:
       return restored, progress
     return None, {}
 
-  def _put_aside(self, step: int, error: BaseException) -> None:
+  def _move(self, step: int, kind: str) -> epath.Path:
+    """Moves checkpoint `step` out of the manager's sight to checkpoints-KIND/."""
     src = self.latest.directory / str(step)
-    dst = self.workdir / 'checkpoints-corrupt' / f'{step}-{time.strftime("%Y%m%dT%H%M%S")}'
+    dst = self.workdir / f'checkpoints-{kind}' / f'{step}-{time.strftime("%Y%m%dT%H%M%S")}'
     if jax.process_index() == 0:
       dst.parent.mkdir(parents=True, exist_ok=True)
       src.rename(dst)
+    return dst
+
+  def put_aside_from(self, step: int, kind: str) -> None:
+    """Moves every checkpoint of `step` or later to checkpoints-KIND/ (kept, not deleted)."""
+    self.latest.reload()
+    for s in [s for s in self.latest.all_steps() if s >= step]:
+      logging.warning('Moved checkpoint step %d to %s.', s, self._move(s, kind))
+    self.latest.reload()
+
+  def _put_aside(self, step: int, error: BaseException) -> None:
+    dst = self._move(step, 'corrupt')
     first_line = (str(error).strip().splitlines() or [''])[0][:200]
     logging.warning('Checkpoint step %d in %s cannot be read (%s: %s); moved it to %s and '
                     'falling back to the previous step.', step, self.latest.directory,

@@ -372,10 +372,13 @@ def step_metrics(history: list, first_step: int) -> list[dict]:
   for i, m in enumerate(rows):
     if not (math.isfinite(m['loss']) and math.isfinite(m['l2_params'])):
       what = f'loss {m["loss"]}' if not math.isfinite(m['loss']) else 'parameters'
-      raise NonFiniteLossError(
-          f'Non-finite training {what} at step {first_step + i}; nothing from this step on '
-          'was saved. Lower config.optimizer.learning_rate or check the input data, '
-          'then rerun (the same workdir resumes from the last checkpoint).')
+      error = NonFiniteLossError(
+          f'Non-finite training {what} at step {first_step + i}; no checkpoint holds this '
+          'state or the one it came from. Lower config.optimizer.learning_rate or check '
+          'the input data, then rerun (the same workdir resumes from the last finite '
+          'checkpoint; if that diverges again, use a new --workdir).')
+      error.step = first_step + i
+      raise error
   return rows
 
 
@@ -640,10 +643,12 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
              'eval_loss': last_eval.get('eval_loss'),
              'eval10_top1_error': last_eval.get('eval10_top1_error'),
              'eval10_top5_error': last_eval.get('eval10_top5_error')}
-  except Exception:  # Let in-flight saves commit; the error says what to do.
+  except Exception as e:  # Let in-flight saves commit; the error says what to do.
     with contextlib.suppress(Exception):
       ckpt.close()
       writer.flush()
+    if isinstance(e, NonFiniteLossError):  # The state before the bad step led to it.
+      ckpt.put_aside_from(e.step - 1, 'diverged')
     raise
   if is_main:
     (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
