@@ -99,6 +99,7 @@ class Checkpointer:
         options=options('best', max_to_keep=1, best_fn=lambda m: m['top1_error'],
                         best_mode='min'))
     self._in_flight = {}  # manager -> step of its last (possibly async) save.
+    self._failed = set()  # managers whose write failed: partial writes to remove.
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
@@ -119,10 +120,14 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract)))['state']
     return restored, dict(saved['progress']) if has_progress else {}
 
-  def restore(self, state: Any, description: dict, step: Optional[int] = None,
-              check: Any = None) -> tuple[Any, dict]:
+  def restore(self, state: Any, description: dict, step: Optional[int] = None) -> Any:
+    """Restores `state` (an abstract or concrete train state) from the latest step."""
+    return self.restore_with_progress(state, description, step)[0]
+
+  def restore_with_progress(self, state: Any, description: dict, step: Optional[int] = None,
+                            check: Any = None) -> tuple[Any, dict]:
     """Restores `state` (abstract or concrete) from `step` or the newest step
-    that reads; returns (state, progress record).
+    that reads; returns (state, progress record), or (None, {}) if none reads.
 
     `check(saved_config)` may refuse the resume (it raises). A step that fails
     to read is moved to `checkpoints-corrupt/` with one warning line.
@@ -182,10 +187,21 @@ class Checkpointer:
         raise
       raise self._write_error(manager, step, disk) from None
 
+  def _remove_partial(self, manager) -> None:
+    """Removes temporary (uncommitted) step directories; the other writes of a
+    failed save may still be finishing, so it retries briefly."""
+    for _ in range(10):
+      try:
+        for tmp in manager.directory.glob(f'*{TMP_SUFFIX}*'):
+          tmp.rmtree(missing_ok=True)
+        return
+      except OSError:
+        time.sleep(0.2)
+
   def _write_error(self, manager, step, error: OSError) -> CheckpointWriteError:
     self._in_flight.pop(manager, None)
-    for tmp in manager.directory.glob(f'*{TMP_SUFFIX}*'):
-      tmp.rmtree(missing_ok=True)
+    self._failed.add(manager)
+    self._remove_partial(manager)
     manager.reload()
     good = [s for s in manager.all_steps() if s != step]
     need = _dir_bytes(manager.directory / str(max(good))) if good else 0
@@ -249,9 +265,13 @@ class Checkpointer:
     self.check_writes()
 
   def close(self) -> None:
-    self.wait()
-    for m in (self.latest, self.best):
-      m.close()
+    try:
+      self.wait()
+    finally:
+      for m in (self.latest, self.best):
+        m.close()
+        if m in self._failed:  # Writes still in flight when the failure showed.
+          self._remove_partial(m)
 
 
 def check_compatible(saved: dict, current: dict, where: Any) -> None:

@@ -427,7 +427,7 @@ def _restore_or_init(config, ckpt, abstract_state, state_sharding, description,
 
   state, progress = None, {}
   if ckpt.latest_step() is not None:
-    state, progress = ckpt.restore(jax.tree.map(
+    state, progress = ckpt.restore_with_progress(jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_state, state_sharding), description, check=check)
   if state is None:
@@ -590,6 +590,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
         history.append(metrics)
         steps_since_log += 1
         fault_point('trained', step)
+        ckpt.check_writes()  # A failed async save stops the run now, not a save later.
 
         is_log = step % config.log_every_steps == 0 or step == num_steps
         is_eval = step % eval_every == 0 or step == num_steps
@@ -615,7 +616,6 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
               100 * train_metrics['train_top5_error'], train_metrics['train_learning_rate'],
               rate, _format_eta(eta))
           window, steps_since_log, t_log = [], 0, time.time()
-          ckpt.check_writes()
           lock.refresh()
 
         if is_save:

@@ -17,6 +17,7 @@ import time
 
 import flax.linen as nn
 import jax
+from jax.experimental.compilation_cache import compilation_cache as cc
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -28,14 +29,34 @@ from alexnet_jax import train
 from alexnet_jax import workdir_lock
 from tests.test_train import ROOT, TINY_FLAGS, tiny_config
 
+FLAGS = TINY_FLAGS + ['--config.eval.ten_crop=False']
+
 STEPS = 12   # evaluations at 11 and 12; tiny_config checkpoints every 4 steps.
+
+
+def cfg(**overrides):
+  """tiny_config with one eval mode: the runs here share two compiled steps."""
+  return tiny_config(**{'eval.ten_crop': False, **overrides})
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Every run here compiles the same steps: compile once (a persistent cache
+  shared with the subprocesses), not once per run."""
+  path = str(tmp_path_factory.mktemp('jax_cache'))
+  old = jax.config.jax_compilation_cache_dir
+  cc.reset_cache()
+  jax.config.update('jax_compilation_cache_dir', path)
+  yield path
+  jax.config.update('jax_compilation_cache_dir', old)
+  cc.reset_cache()
 
 
 @pytest.fixture(scope='module')
 def ref(tmp_path_factory):
   """One uninterrupted run: (final state, final_metrics.json)."""
   workdir = tmp_path_factory.mktemp('ref')
-  state = train.train_and_evaluate(tiny_config(num_train_steps=STEPS), str(workdir))
+  state = train.train_and_evaluate(cfg(num_train_steps=STEPS), str(workdir))
   return state, json.loads((workdir / 'final_metrics.json').read_text())
 
 
@@ -46,7 +67,7 @@ def assert_state_equal(a, b):
 
 def restored(workdir, ref_state, step=STEPS):
   ckpt = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=1, use_async=False)
-  state, _ = ckpt.restore(ref_state, ckpt_lib.describe(tiny_config(), ref_state.params),
+  state = ckpt.restore(ref_state, ckpt_lib.describe(cfg(), ref_state.params),
                           step=step)
   ckpt.close()
   return state
@@ -58,12 +79,13 @@ def steps_of(workdir, sub='checkpoints'):
 
 def main(workdir, *flags, fault=None):
   """Runs main to its end; returns (exit status, output)."""
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
   env.pop('ALEXNET_JAX_FAULT', None)
   if fault:
     env['ALEXNET_JAX_FAULT'] = fault
   proc = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}', *TINY_FLAGS,
+      [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}', *FLAGS,
        f'--config.num_train_steps={STEPS}', *flags],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       timeout=300)
@@ -116,7 +138,7 @@ def test_sigterm_on_a_save_step_and_sigint_stop_with_status_75_then_rerun_equals
 
 def test_best_step_newer_than_the_latest_checkpoint_resumes(tmp_path, ref):
   """Item 1's state as old code left it: best/11 but no checkpoint >= 11."""
-  config = tiny_config(num_train_steps=STEPS)
+  config = cfg(num_train_steps=STEPS)
   train.train_and_evaluate(config, str(tmp_path))
   for s in steps_of(tmp_path):
     if s >= 11:
@@ -141,11 +163,11 @@ def test_second_ctrl_c_aborts_at_once():
 
 
 def test_non_finite_state_is_never_checkpointed_and_a_lower_lr_rerun_finishes(tmp_path):
-  config = tiny_config(**{'optimizer.learning_rate': 1e6, 'num_train_steps': 8,
-                          'log_every_steps': 8, 'checkpoint_every_steps': 1})
+  config = cfg(**{'optimizer.learning_rate': 1e6, 'num_train_steps': 4,
+                  'log_every_steps': 4, 'checkpoint_every_steps': 1})
   with pytest.raises(train.NonFiniteLossError, match=r'loss nan at step 2'):
     train.train_and_evaluate(config, str(tmp_path))
-  # Old code kept steps 1-7, 2-7 holding NaNs. Here step 1 (finite, but its loss at
+  # Old code kept steps 1-3, 2-3 holding NaNs. Here step 1 (finite, but its loss at
   # step 2 was not) is put aside, not deleted; nothing later was saved.
   assert steps_of(tmp_path) == []
   aside = list((tmp_path / 'checkpoints-diverged').iterdir())
@@ -157,7 +179,7 @@ def test_non_finite_state_is_never_checkpointed_and_a_lower_lr_rerun_finishes(tm
   # The error's advice: a lower learning rate, same workdir.
   config.optimizer.learning_rate = 0.01
   state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 8
+  assert int(state.step) == 4
   assert np.isfinite(json.loads((tmp_path / 'final_metrics.json').read_text())['train_loss'])
 
 
@@ -167,8 +189,8 @@ def test_non_finite_state_is_never_checkpointed_and_a_lower_lr_rerun_finishes(tm
 
 
 def test_resume_applies_optimizer_changes_and_refuses_trajectory_changes(tmp_path):
-  train.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path))
-  changed = tiny_config(**{'num_train_steps': 5, 'optimizer.momentum': 0.5,
+  train.train_and_evaluate(cfg(num_train_steps=4), str(tmp_path))
+  changed = cfg(**{'num_train_steps': 5, 'optimizer.momentum': 0.5,
                            'optimizer.weight_decay': 0.0})
   state = train.train_and_evaluate(changed, str(tmp_path))
   hp = state.opt_state.hyperparams
@@ -178,7 +200,7 @@ def test_resume_applies_optimizer_changes_and_refuses_trajectory_changes(tmp_pat
   for key, value in [('batch_size', 16), ('seed', 1), ('optimizer.rule', 'trace_then_scale'),
                      ('schedule.name', 'cosine')]:
     with pytest.raises(resume_policy.ResumeRefusedError, match=key.replace('.', r'\.')):
-      train.train_and_evaluate(tiny_config(**{'num_train_steps': 6, key: value,
+      train.train_and_evaluate(cfg(**{'num_train_steps': 6, key: value,
                                               'optimizer.momentum': 0.5,
                                               'optimizer.weight_decay': 0.0}),
                                str(tmp_path))
@@ -204,7 +226,7 @@ def test_resume_policy_table():
 
 
 def test_corrupt_checkpoints_are_put_aside_and_the_run_falls_back(tmp_path, ref, caplog):
-  config = tiny_config(num_train_steps=STEPS)
+  config = cfg(num_train_steps=STEPS)
   train.train_and_evaluate(config, str(tmp_path))
   assert steps_of(tmp_path) == [8, 11, 12]
   # Step 12: every data file truncated to half. Step 11: its metadata file gone.
@@ -237,19 +259,19 @@ def test_disk_full_is_reported_at_once_keeping_the_last_good_checkpoint(
   async def save_fn(self, x, directory):
     if isinstance(x, dict) and 'evaluated_step' in x:  # the progress record
       calls.append(directory)
-      if len(calls) == 2:   # the save of step 8
+      if len(calls) == 3:   # saves at steps 1 (orbax saves the first step), 4, 8
         raise OSError(errno.ENOSPC, 'No space left on device', str(directory))
     return await original(self, x, directory)
 
   monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, '_save_fn', save_fn)
-  config = tiny_config(num_train_steps=10, async_checkpoints=use_async,
+  config = cfg(num_train_steps=10, async_checkpoints=use_async,
                        **{'eval.every_epochs': 1.0})
   with pytest.raises(ckpt_lib.CheckpointWriteError) as e:
     train.train_and_evaluate(config, str(tmp_path))
   message = str(e.value)
   assert 'step 8' in message and str(tmp_path / 'checkpoints') in message, message
   assert 'bytes' in message and 'step 4 is the latest intact checkpoint' in message, message
-  assert steps_of(tmp_path) == [4]
+  assert steps_of(tmp_path) == [1, 4]
   assert not [p for p in (tmp_path / 'checkpoints').iterdir() if 'tmp' in p.name]
   monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, '_save_fn', original)
   assert int(train.train_and_evaluate(config, str(tmp_path)).step) == 10
@@ -267,13 +289,13 @@ def test_a_live_lock_refuses_and_a_stale_lock_is_taken_over(tmp_path, caplog):
     (tmp_path / 'lock.json').write_text(json.dumps(record))
     with pytest.raises(workdir_lock.WorkdirLockedError,
                        match=f'process {holder.pid} on host {socket.gethostname()}'):
-      train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path))
+      train.train_and_evaluate(cfg(num_train_steps=2), str(tmp_path))
     assert not (tmp_path / 'config.json').exists()
   finally:
     holder.kill()
     holder.wait()
   caplog.set_level('WARNING')
-  train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path))
+  train.train_and_evaluate(cfg(num_train_steps=2), str(tmp_path))
   assert any('stale lock' in r.getMessage() for r in caplog.records)
   assert not (tmp_path / 'lock.json').exists()
   # A lock not refreshed for too long is stale on any host.
@@ -298,7 +320,7 @@ def _failing_evaluate(monkeypatch):
 
 
 def test_failed_evaluation_saves_first_and_the_rerun_resumes_with_it(tmp_path, ref, monkeypatch):
-  config = tiny_config(num_train_steps=STEPS)
+  config = cfg(num_train_steps=STEPS)
   _failing_evaluate(monkeypatch)
   with pytest.raises(train.EvaluationError, match='Evaluation at step 11 failed'):
     train.train_and_evaluate(config, str(tmp_path))
@@ -311,7 +333,7 @@ def test_failed_evaluation_saves_first_and_the_rerun_resumes_with_it(tmp_path, r
 
 
 def test_final_metrics_total_the_segments(tmp_path, ref, monkeypatch):
-  config = tiny_config(num_train_steps=STEPS)
+  config = cfg(num_train_steps=STEPS)
   monkeypatch.setenv('ALEXNET_JAX_FAULT', 'trained@6:TERM')
   with pytest.raises(train.Preempted):
     train.train_and_evaluate(config, str(tmp_path))
@@ -347,7 +369,7 @@ class _Linear(nn.Module):
 
 
 def test_plateau_drop_composes_with_warmup_and_the_logged_lr_is_the_one_used():
-  config = tiny_config(**{'schedule.name': 'plateau', 'schedule.warmup_epochs': 1.0,
+  config = cfg(**{'schedule.name': 'plateau', 'schedule.warmup_epochs': 1.0,
                           'optimizer.weight_decay': 0.0, 'optimizer.momentum': 0.0})
   spe = 4
   fn = train.learning_rate_schedule(config, spe)
