@@ -556,6 +556,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
       state = jax.device_put(state.replace(plateau=plateau, opt_state=opt_state),
                              state_sharding)
     ckpt.save_best(step, state, description, {'top1_error': results['eval_top1_error']})
+    lock.refresh()
     fault_point('evaluated', step)
     return state, results
 

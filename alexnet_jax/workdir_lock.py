@@ -2,7 +2,8 @@
 
 `workdir/lock.json` holds {host, pid, start_time}. A second start on the same
 workdir is refused with the holder's name. A lock left by a killed process is
-stale and taken over with a warning: on the same host when its pid is gone;
+stale and taken over with a warning: on the same host when its pid is gone
+(or is this process's own, as in a restarted container);
 on any host when it was not refreshed (`refresh()`, called by the training
 loop at every log step) for `stale_after_s`.
 
@@ -61,8 +62,12 @@ class WorkdirLock:
     """Why `holder` no longer holds the lock, or None if it does."""
     if not holder:
       return 'unreadable lock file'
-    if holder.get('host') == self.record['host'] and not _pid_alive(int(holder.get('pid', -1))):
-      return f'process {holder.get("pid")} on {holder.get("host")} is gone'
+    if holder.get('host') == self.record['host']:
+      pid = int(holder.get('pid', -1))
+      if pid == os.getpid():  # A restarted container reuses pids: not another process.
+        return f'its pid {pid} is this process'
+      if not _pid_alive(pid):
+        return f'process {pid} on {holder.get("host")} is gone'
     age = time.time() - self.path.stat().mtime
     if age > self.stale_after_s:
       return f'not refreshed for {age / 60:.0f} min'

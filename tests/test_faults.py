@@ -315,14 +315,15 @@ def test_a_live_lock_refuses_and_a_stale_lock_is_taken_over(tmp_path, caplog):
   train.train_and_evaluate(cfg(num_train_steps=2), str(tmp_path))
   assert any('stale lock' in r.getMessage() for r in caplog.records)
   assert not (tmp_path / 'lock.json').exists()
-  # A lock not refreshed for too long is stale on any host.
+  # Another host's lock holds while it is refreshed, and is stale once it is not.
   (tmp_path / 'lock.json').write_text(json.dumps({'host': 'elsewhere', 'pid': 1}))
+  with pytest.raises(workdir_lock.WorkdirLockedError, match='process 1 on host elsewhere'):
+    with workdir_lock.WorkdirLock(tmp_path):
+      pass
   old = time.time() - 2 * workdir_lock.STALE_AFTER_S
   os.utime(tmp_path / 'lock.json', (old, old))
-  with workdir_lock.WorkdirLock(tmp_path):
-    with pytest.raises(workdir_lock.WorkdirLockedError, match=str(os.getpid())):
-      with workdir_lock.WorkdirLock(tmp_path):
-        pass
+  with workdir_lock.WorkdirLock(tmp_path) as lock:
+    assert json.loads((tmp_path / 'lock.json').read_text()) == lock.record
 
 
 # --------------------------------------------------------------------------
