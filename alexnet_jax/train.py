@@ -6,6 +6,10 @@ reads as big_vision-style sections: logging, mesh, input, model, optimizer,
 update step, checkpoint, evaluation, loop. `train_step` and `eval_step` are
 pure and jitted; a resumed run repeats the same randomness because the dropout
 key is `fold_in(seed, step)` and the input stream is a function of the step.
+Faults (README "Faults and resuming"): every checkpoint is saved only after its
+losses and parameters are checked finite, evaluation steps are saved before
+they evaluate, SIGTERM/SIGINT save and raise Preempted (main exits 75), and each
+checkpoint carries the loop's bookkeeping, so the rerun continues exactly.
 """
 
 import contextlib
