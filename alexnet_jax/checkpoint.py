@@ -116,8 +116,17 @@ class Checkpointer:
     if check is not None:
       check(saved['description'].get('config'))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))['state']
+    try:
+      restored = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))['state']
+    except ValueError as e:
+      if not any(m in str(e) for m in ('Structure mismatch', 'structures do not match')):
+        raise
+      raise CheckpointMismatchError(  # Not corrupt: written by other code or optimizer.
+          f'The checkpoint of step {step} in {self.latest.directory} holds a train state of '
+          f'another structure ({str(e).strip().splitlines()[0][:200]}). It was written by another version of the '
+          'code or another optimizer config; use a new --workdir, or that code/config.'
+      ) from None
     return restored, dict(saved['progress']) if has_progress else {}
 
   def restore(self, state: Any, description: dict, step: Optional[int] = None) -> Any:

@@ -246,6 +246,13 @@ def test_corrupt_checkpoints_are_put_aside_and_the_run_falls_back(tmp_path, ref,
   config = cfg(num_train_steps=STEPS)
   train.train_and_evaluate(config, str(tmp_path))
   assert steps_of(tmp_path) == [8, 11, 12]
+  # A state of another structure (other code or optimizer) is a mismatch, not corruption.
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), every_steps=1, keep=3, use_async=False)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match='another structure'):
+    ckpt.restore_with_progress({'other': ref[0].params},
+                               ckpt_lib.describe(config, ref[0].params))
+  ckpt.close()
+  assert steps_of(tmp_path) == [8, 11, 12]
   # Step 12: every data file truncated to half. Step 11: its metadata file gone.
   for root, _, files in os.walk(tmp_path / 'checkpoints' / '12' / 'state'):
     for f in files:
