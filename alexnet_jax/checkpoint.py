@@ -1,11 +1,25 @@
 """Orbax checkpoints: the last K steps plus the best by validation error.
 
 Orbax writes each checkpoint to a temporary directory and renames it when
-complete, so a run killed mid-save leaves the previous checkpoint intact.
-Every checkpoint carries a small JSON record of the model config and the
-parameter shapes; restoring into a different model is refused with a message.
+complete, so a run killed mid-save leaves the previous checkpoint intact (and
+`cleanup_tmp_directories` reclaims the partial one on the next start).
+Every checkpoint carries two small JSON records beside the train state:
+
+  description: the run config and the parameter shapes, checked on restore
+               (`resume_policy.check_resume` decides what may change);
+  progress:    what the loop needs to continue exactly where it stopped
+               (cumulative wall time, the pending train-metric window, the
+               last logged train metrics, the last evaluated step).
+
+A step that cannot be read is moved aside (never deleted) and the newest step
+that restores is used instead. A failed write (e.g. a full disk) is reported
+at once as CheckpointWriteError, with the partial directory removed.
 """
 
+import contextlib
+import errno
+import os
+import time
 from typing import Any, Optional
 
 import jax
@@ -14,9 +28,15 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+TMP_SUFFIX = '.orbax-checkpoint-tmp'
+
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint in the workdir was written by an incompatible config."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. the disk is full)."""
 
 
 def _shapes(tree: Any) -> dict:
@@ -26,7 +46,9 @@ def _shapes(tree: Any) -> dict:
 
 def describe(config, params: Any) -> dict:
   """The record saved beside each checkpoint, checked on restore."""
-  return {'model': config.model.to_dict(), 'param_shapes': _shapes(params)}
+  import json  # pylint: disable=g-import-not-at-top
+  return {'model': config.model.to_dict(), 'param_shapes': _shapes(params),
+          'config': json.loads(config.to_json_best_effort())}
 
 
 def _json_safe(tree):
@@ -35,6 +57,24 @@ def _json_safe(tree):
   if isinstance(tree, (list, tuple)):
     return [_json_safe(v) for v in tree]
   return tree
+
+
+def _disk_error(exc: BaseException) -> Optional[OSError]:
+  """The ENOSPC/EDQUOT OSError in `exc`'s cause chain, if any."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+      return exc
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def _dir_bytes(path: epath.Path) -> int:
+  total = 0
+  for root, _, files in os.walk(str(path)):
+    total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+  return total
 
 
 class Checkpointer:
@@ -47,48 +87,200 @@ class Checkpointer:
       # async-commit barriers (keyed by step) would collide without a prefix.
       return ocp.CheckpointManagerOptions(
           create=True, enable_async_checkpointing=use_async,
+          cleanup_tmp_directories=True,
           multiprocessing_options=ocp.options.MultiprocessingOptions(
               barrier_sync_key_prefix=name), **kw)
-    workdir = epath.Path(workdir)
+    self.workdir = epath.Path(workdir)
     self.latest = ocp.CheckpointManager(
-        workdir / 'checkpoints',
+        self.workdir / 'checkpoints',
         options=options('latest', max_to_keep=keep, save_interval_steps=every_steps))
     self.best = ocp.CheckpointManager(
-        workdir / 'best',
+        self.workdir / 'best',
         options=options('best', max_to_keep=1, best_fn=lambda m: m['top1_error'],
                         best_mode='min'))
+    self._in_flight = {}  # manager -> step of its last (possibly async) save.
+    self._failed = set()  # managers whose write failed: partial writes to remove.
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
 
+  # ---------------------------------------------------------------- restore
+
+  def _restore_step(self, step: int, state: Any, description: dict, check: Any):
+    items = {'description': ocp.args.JsonRestore()}
+    has_progress = (self.latest.directory / str(step) / 'progress').exists()
+    if has_progress:
+      items['progress'] = ocp.args.JsonRestore()
+    saved = self.latest.restore(step, args=ocp.args.Composite(**items))
+    check_compatible(saved['description'], _json_safe(description), self.latest.directory)
+    if check is not None:
+      check(saved['description'].get('config'))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    try:
+      restored = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))['state']
+    except ValueError as e:
+      if not any(m in str(e) for m in ('Structure mismatch', 'structures do not match')):
+        raise
+      raise CheckpointMismatchError(  # Not corrupt: written by other code or optimizer.
+          f'The checkpoint of step {step} in {self.latest.directory} holds a train state of '
+          f'another structure ({str(e).strip().splitlines()[0][:200]}). It was written by another version of the '
+          'code or another optimizer config; use a new --workdir, or that code/config.'
+      ) from None
+    return restored, dict(saved['progress']) if has_progress else {}
+
   def restore(self, state: Any, description: dict, step: Optional[int] = None) -> Any:
     """Restores `state` (an abstract or concrete train state) from the latest step."""
-    step = self.latest.latest_step() if step is None else step
-    saved = self.latest.restore(step, args=ocp.args.Composite(
-        description=ocp.args.JsonRestore()))['description']
-    check_compatible(saved, _json_safe(description), self.latest.directory)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-    logging.info('Restored step %d from %s', step, self.latest.directory)
-    return restored['state']
+    return self.restore_with_progress(state, description, step)[0]
 
-  def save(self, step: int, state: Any, description: dict, force: bool = False) -> bool:
-    return self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        description=ocp.args.JsonSave(_json_safe(description))), force=force)
+  def restore_with_progress(self, state: Any, description: dict, step: Optional[int] = None,
+                            check: Any = None) -> tuple[Any, dict]:
+    """Restores `state` (abstract or concrete) from `step` or the newest step
+    that reads; returns (state, progress record), or (None, {}) if none reads.
 
-  def save_best(self, step: int, state: Any, description: dict, metrics: dict) -> None:
-    self.best.save(step, metrics={k: float(v) for k, v in metrics.items()},
-                   args=ocp.args.Composite(
-                       state=ocp.args.StandardSave(state),
-                       description=ocp.args.JsonSave(_json_safe(description))),
-                   force=True)
+    `check(saved_config)` may refuse the resume (it raises). A step that fails
+    to read is moved to `checkpoints-corrupt/` with one warning line.
+    """
+    steps = [step] if step is not None else sorted(self.latest.all_steps(), reverse=True)
+    for s in steps:
+      try:
+        restored, progress = self._restore_step(s, state, description, check)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None:
+          raise
+        self._put_aside(s, e)
+        continue
+      logging.info('Restored step %d from %s', s, self.latest.directory)
+      return restored, progress
+    return None, {}
+
+  def _move(self, step: int, kind: str) -> epath.Path:
+    """Moves checkpoint `step` out of the manager's sight to checkpoints-KIND/."""
+    src = self.latest.directory / str(step)
+    dst = self.workdir / f'checkpoints-{kind}' / f'{step}-{time.strftime("%Y%m%dT%H%M%S")}'
+    if jax.process_index() == 0:
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      src.rename(dst)
+    return dst
+
+  def put_aside_from(self, step: int, kind: str) -> None:
+    """Moves every checkpoint of `step` or later to checkpoints-KIND/ (kept, not deleted)."""
+    self.latest.reload()
+    for s in [s for s in self.latest.all_steps() if s >= step]:
+      logging.warning('Moved checkpoint step %d to %s.', s, self._move(s, kind))
+    self.latest.reload()
+
+  def _put_aside(self, step: int, error: BaseException) -> None:
+    dst = self._move(step, 'corrupt')
+    first_line = (str(error).strip().splitlines() or [''])[0][:200]
+    logging.warning('Checkpoint step %d in %s cannot be read (%s: %s); moved it to %s and '
+                    'falling back to the previous step.', step, self.latest.directory,
+                    type(error).__name__, first_line, dst)
+    self.latest.reload()
+
+  # ------------------------------------------------------------------- save
+
+  def should_save(self, step: int) -> bool:
+    return self.latest.should_save(step)
+
+  @contextlib.contextmanager
+  def _writing(self, manager: ocp.CheckpointManager, step: int):
+    """Turns a failed write (disk full, quota) into one CheckpointWriteError."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      disk = _disk_error(e)
+      if disk is None:
+        raise
+      raise self._write_error(manager, step, disk) from None
+
+  def _remove_partial(self, manager) -> None:
+    """Removes temporary (uncommitted) step directories; the other writes of a
+    failed save may still be finishing, so it retries briefly."""
+    for _ in range(10):
+      try:
+        for tmp in manager.directory.glob(f'*{TMP_SUFFIX}*'):
+          tmp.rmtree(missing_ok=True)
+        return
+      except OSError:
+        time.sleep(0.2)
+
+  def _write_error(self, manager, step, error: OSError) -> CheckpointWriteError:
+    self._in_flight.pop(manager, None)
+    self._failed.add(manager)
+    self._remove_partial(manager)
+    manager.reload()
+    good = [s for s in manager.all_steps() if s != step]
+    need = _dir_bytes(manager.directory / str(max(good))) if good else 0
+    return CheckpointWriteError(
+        error.errno,
+        f'Could not write the checkpoint of step {step} to {manager.directory}: '
+        f'{os.strerror(error.errno)}. A checkpoint needs about {need:,} bytes '
+        f'(the size of the previous one). The partial write was removed; '
+        f'{"step " + str(max(good)) + " is the latest intact checkpoint" if good else "there is no earlier checkpoint"}. '
+        'Free space (or raise the quota) there, or lower config.keep_checkpoints, '
+        'then rerun the same command to resume.')
+
+  def _committed(self, manager, step: int) -> bool:
+    if any(manager.directory.glob(f'{step}{TMP_SUFFIX}*')):
+      return False  # A failed write leaves its temporary directory.
+    if manager is self.best:
+      return True   # best/ drops steps that are not the best: absence is no failure.
+    manager.reload()
+    return step in manager.all_steps()
+
+  def check_writes(self) -> None:
+    """Raises CheckpointWriteError as soon as a finished async save did not
+    commit (orbax only logs such a failure in its finalize thread)."""
+    for manager, step in list(self._in_flight.items()):
+      if manager.is_saving_in_progress():
+        continue
+      del self._in_flight[manager]
+      if not self._committed(manager, step):
+        raise self._write_error(manager, step, OSError(
+            errno.ENOSPC, f'the save of step {step} did not commit (see the log above)'))
+
+  def _save(self, manager, step, state, description, progress, **kw) -> bool:
+    if step in manager.all_steps():   # Saved before a kill, or just now: same step, same state.
+      return False
+    items = {'state': ocp.args.StandardSave(state),
+             'description': ocp.args.JsonSave(_json_safe(description))}
+    if progress is not None:
+      items['progress'] = ocp.args.JsonSave(_json_safe(progress))
+    self.check_writes()
+    with self._writing(manager, step):
+      saved = manager.save(step, args=ocp.args.Composite(**items), **kw)
+    if saved:
+      self._in_flight[manager] = step
+    return saved
+
+  def save(self, step: int, state: Any, description: dict, progress: Optional[dict] = None,
+           force: bool = False) -> bool:
+    """Saves `step` if it is due (or `force`) and not already saved."""
+    return self._save(self.latest, step, state, description, progress, force=force)
+
+  def save_best(self, step: int, state: Any, description: dict, metrics: dict) -> bool:
+    """Offers `step` to best/ (kept if its top-1 error is the lowest). A step
+    already there (evaluated before a kill) is not written again."""
+    return self._save(self.best, step, state, description, None,
+                      metrics={k: float(v) for k, v in metrics.items()}, force=True)
+
+  def wait(self) -> None:
+    for m in (self.latest, self.best):
+      with self._writing(m, self._in_flight.get(m, -1)):
+        m.wait_until_finished()
+    self.check_writes()
 
   def close(self) -> None:
-    for m in (self.latest, self.best):
-      m.wait_until_finished()
-      m.close()
+    try:
+      self.wait()
+    finally:
+      for m in (self.latest, self.best):
+        m.close()
+        if m in self._failed:  # Writes still in flight when the failure showed.
+          self._remove_partial(m)
 
 
 def check_compatible(saved: dict, current: dict, where: Any) -> None:
@@ -108,7 +300,3 @@ def check_compatible(saved: dict, current: dict, where: Any) -> None:
         'restored into this config.\nConfig differences:\n' + ('\n'.join(diff) or '  (none)') +
         '\nParameter shapes that differ:\n' + '\n'.join(problems[:10]) +
         '\nUse a new --workdir, or rerun with the config that wrote the checkpoint.')
-  if saved.get('model') != current['model']:
-    logging.warning('Resuming from a checkpoint whose model config differs (shapes match): %s',
-                    {k: (v, current['model'].get(k)) for k, v in saved['model'].items()
-                     if current['model'].get(k) != v})

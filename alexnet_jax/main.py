@@ -9,6 +9,10 @@ devices cannot form, a class count the dataset does not have or an unusable
 --workdir exits with status 2 and one message listing every problem and its
 fix. Errors found later (a missing dataset, a checkpoint of another config, a
 diverged loss) exit with status 1. Neither prints a traceback.
+
+Exit status: 0 finished; 75 (EX_TEMPFAIL, train.PREEMPTED_EXIT_CODE) stopped by
+SIGTERM/SIGINT with a checkpoint saved (rerun the same command to resume);
+2 a config, flag or workdir problem; 1 any other error, with its message on stderr.
 """
 
 import os
@@ -109,8 +113,11 @@ def main(argv):
   except config_checks.ConfigError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     sys.exit(USAGE_ERROR)
+  except train.Preempted:  # Checkpoint saved; a launcher reruns on this status.
+    sys.exit(train.PREEMPTED_EXIT_CODE)
   except (input_pipeline.DatasetNotFoundError, train.ckpt_lib.CheckpointMismatchError,
-          train.NonFiniteLossError) as e:
+          train.NonFiniteLossError, train.ckpt_lib.CheckpointWriteError,
+          train.workdir_lock.WorkdirLockedError, train.EvaluationError) as e:
     print(f'ERROR: {e}', file=sys.stderr)
     sys.exit(1)
 

@@ -6,11 +6,17 @@ reads as big_vision-style sections: logging, mesh, input, model, optimizer,
 update step, checkpoint, evaluation, loop. `train_step` and `eval_step` are
 pure and jitted; a resumed run repeats the same randomness because the dropout
 key is `fold_in(seed, step)` and the input stream is a function of the step.
+Faults (README "Faults and resuming"): every checkpoint is saved only after its
+losses and parameters are checked finite, evaluation steps are saved before
+they evaluate, SIGTERM/SIGINT save and raise Preempted (main exits 75), and each
+checkpoint carries the loop's bookkeeping, so the rerun continues exactly.
 """
 
+import contextlib
 import functools
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -32,6 +38,8 @@ from alexnet_jax import config_checks
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import resume_policy
+from alexnet_jax import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -69,11 +77,6 @@ def trace_then_scale(learning_rate, momentum: float, weight_decay: float,
       optax.scale_by_learning_rate(learning_rate))
 
 
-OPTIMIZER_RULES = {'paper': paper_momentum, 'trace_then_scale': trace_then_scale}
-WEIGHT_DECAY_ON = ('all', 'kernels')   # config.optimizer.weight_decay_on
-SCHEDULES = ('plateau', 'step', 'cosine', 'constant')   # config.schedule.name
-
-
 def decay_mask(params: Any, which: str) -> Any:
   """Which parameters get weight decay: 'all' (paper) or 'kernels' (Caffe)."""
   if which == 'all':
@@ -84,12 +87,19 @@ def decay_mask(params: Any, which: str) -> Any:
   raise ValueError(f"config.optimizer.weight_decay_on must be 'all' or 'kernels', got {which!r}.")
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> Any:
-  """eps as a function of the step, or a constant for the 'plateau' schedule.
+OPTIMIZER_RULES = {'paper': paper_momentum, 'trace_then_scale': trace_then_scale}
+WEIGHT_DECAY_ON = ('all', 'kernels')   # config.optimizer.weight_decay_on
+SCHEDULES = ('plateau', 'step', 'cosine', 'constant')   # config.schedule.name
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> Callable:
+  """eps as a function of the step (before the plateau factor).
 
   The plateau schedule ("divide by 10 when the validation error stops
   improving", section 5) depends on measured validation error, so it is not a
-  function of the step: the loop changes eps between steps (`plateau_update`).
+  function of the step: its divisions live in the optimizer state as the
+  `lr_scale` hyperparameter (`set_lr_scale`), and eps = schedule(step) * lr_scale,
+  so they compose with a warmup.
   """
   s, base = config.schedule, config.optimizer.learning_rate
   warmup = int(round(s.warmup_epochs * steps_per_epoch))
@@ -105,16 +115,22 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> Any:
     raise ValueError(f'Unknown config.schedule.name {s.name!r}; use one of {SCHEDULES}.')
   if warmup:
     fn = optax.join_schedules([optax.linear_schedule(0.0, base, warmup), fn], [warmup])
-  if s.name == 'plateau' and not warmup:
-    return base
   return fn
+
+
+def _scaled(rule: Callable) -> Callable:
+  """`rule` with eps = learning_rate * lr_scale (lr_scale: the plateau factor)."""
+  def scaled_rule(learning_rate, lr_scale, momentum, weight_decay, mask=None):
+    return rule(learning_rate * lr_scale, momentum, weight_decay, mask)
+  return scaled_rule
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """The optimizer of config.optimizer / config.schedule as an optax chain.
 
-  The learning rate lives in the optimizer state (`inject_hyperparams`), so
-  the plateau schedule can change it and checkpoints carry it.
+  The hyperparameters live in the optimizer state (`inject_hyperparams`):
+  `learning_rate` is the step schedule's value, `lr_scale` the plateau
+  schedule's factor (1 otherwise); checkpoints carry both.
   """
   o = config.optimizer
   if o.rule not in OPTIMIZER_RULES:
@@ -124,19 +140,39 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     raise ValueError("config.optimizer.weight_decay_on must be 'all' or 'kernels', "
                      f'got {o.weight_decay_on!r}.')
   mask = None if o.weight_decay_on == 'all' else functools.partial(decay_mask, which='kernels')
-  return optax.inject_hyperparams(OPTIMIZER_RULES[o.rule], static_args=('mask',))(
-      learning_rate=learning_rate_schedule(config, steps_per_epoch),
+  return optax.inject_hyperparams(_scaled(OPTIMIZER_RULES[o.rule]), static_args=('mask',))(
+      learning_rate=learning_rate_schedule(config, steps_per_epoch), lr_scale=1.0,
       momentum=o.momentum, weight_decay=o.weight_decay, mask=mask)
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:
-  return opt_state.hyperparams['learning_rate']
+  """eps of the last update (inject_hyperparams stores the values it used)."""
+  hp = opt_state.hyperparams
+  return hp['learning_rate'] * hp['lr_scale']
 
 
-def set_learning_rate(opt_state: Any, value: float) -> Any:
+def _set_hyperparams(opt_state: Any, **values) -> Any:
   hp = dict(opt_state.hyperparams)
-  hp['learning_rate'] = jnp.asarray(value, hp['learning_rate'].dtype)
+  for k, v in values.items():
+    hp[k] = jnp.asarray(v, hp[k].dtype)
   return opt_state._replace(hyperparams=hp)
+
+
+def set_lr_scale(opt_state: Any, value: float) -> Any:
+  return _set_hyperparams(opt_state, lr_scale=value)
+
+
+def plateau_scale(config, drops: int) -> float:
+  """The plateau schedule's factor after `drops` divisions (1 for other schedules)."""
+  return float(config.schedule.factor) ** int(drops) if config.schedule.name == 'plateau' else 1.0
+
+
+def apply_config_to_opt_state(opt_state: Any, config, drops: int) -> Any:
+  """Writes config's momentum, weight decay and plateau factor into a
+  (restored) optimizer state, so a resumed run uses what its config says."""
+  return _set_hyperparams(opt_state, momentum=config.optimizer.momentum,
+                          weight_decay=config.optimizer.weight_decay,
+                          lr_scale=plateau_scale(config, drops))
 
 
 def plateau_update(plateau: dict, top1_error: float, s) -> tuple[dict, bool]:
@@ -227,8 +263,8 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
     return cross_entropy(logits, batch['label']).mean(), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  lr = current_learning_rate(state.opt_state)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  lr = current_learning_rate(opt_state)  # The eps this update used.
   params = optax.apply_updates(state.params, updates)
   top1, top5 = topk_errors(logits, batch['label'])
   metrics = {
@@ -267,26 +303,50 @@ def eval_step(params: Any, batch: dict, *, model: nn.Module) -> dict:
 # --------------------------------------------------------------------------
 
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved; rerun to resume.
+
+
+class Preempted(Exception):
+  """The run stopped on SIGTERM/SIGINT after saving a checkpoint (exit status
+  PREEMPTED_EXIT_CODE from main); the same command resumes it."""
+
+  def __init__(self, step: int, num_steps: int, state: Any = None):
+    super().__init__(f'Preempted at step {step} of {num_steps}; checkpoint saved. Run the same '
+                     'command to resume.')
+    self.step, self.state = step, state
+
+
+class EvaluationError(RuntimeError):
+  """Evaluation failed; the checkpoint of its step is saved."""
+
+
 class PreemptionFlag:
-  """Set by SIGTERM (preemption); the loop saves a checkpoint and returns."""
+  """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); the loop saves a
+  checkpoint and stops. A second Ctrl-C aborts at once (KeyboardInterrupt)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.set = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and stopping.')
+    del frame
+    if self.set and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning('%s received: saving a checkpoint and stopping%s.',
+                    signal.Signals(signum).name,
+                    ' (Ctrl-C again aborts at once)' if signum == signal.SIGINT else '')
     self.set = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
   def any_host(self, step: int, every: int) -> bool:
     """Whether to stop now. One process: as soon as the signal came. Several:
@@ -298,6 +358,37 @@ class PreemptionFlag:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return bool(multihost_utils.process_allgather(np.int32(self.set)).any())
+
+
+def fault_point(event: str, step: int) -> None:
+  """Test hook: ALEXNET_JAX_FAULT='EVENT@STEP[:SIGNAL]' sends SIGNAL (default
+  KILL) to this process at that point of the loop. Events: 'trained' (after
+  the update of STEP), 'saved' (save of STEP started; an async write is in
+  flight), 'evaluated' (after STEP's evaluation and best/ save).
+  tests/test_faults.py kills runs at chosen points with it."""
+  spec = os.environ.get('ALEXNET_JAX_FAULT')
+  if not spec:
+    return
+  where, _, sig = spec.partition(':')
+  if where == f'{event}@{step}':
+    os.kill(os.getpid(), getattr(signal, 'SIG' + (sig or 'KILL')))
+
+
+def step_metrics(history: list, first_step: int) -> list[dict]:
+  """Per-step train metrics as floats; raises NonFiniteLossError if a loss or
+  the parameters after an update are not finite (before anything is saved)."""
+  rows = [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
+  for i, m in enumerate(rows):
+    if not (math.isfinite(m['loss']) and math.isfinite(m['l2_params'])):
+      what = f'loss {m["loss"]}' if not math.isfinite(m['loss']) else 'parameters'
+      error = NonFiniteLossError(
+          f'Non-finite training {what} at step {first_step + i}; no checkpoint holds this '
+          'state or the one it came from. Lower config.optimizer.learning_rate or check '
+          'the input data, then rerun (the same workdir resumes from the last finite '
+          'checkpoint; if that diverges again, use a new --workdir).')
+      error.step = first_step + i
+      raise error
+  return rows
 
 
 def _format_eta(seconds: float) -> str:
@@ -317,7 +408,10 @@ def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool
     sums = eval_fn(params, parallel.global_batch(batch, sharding))
     sums = jax.device_get(sums)
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
-  count = float(totals['count'])
+  count = float(totals['count']) if totals is not None else 0.0
+  if not count:
+    raise ValueError(f'The evaluation split {config.dataset.eval_split!r} yielded no images '
+                     '(none decoded, or it is empty).')
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
 
@@ -326,24 +420,55 @@ def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool
 # --------------------------------------------------------------------------
 
 
+def _restore_or_init(config, ckpt, abstract_state, state_sharding, description,
+                     init_fn) -> tuple[TrainState, dict]:
+  """The newest readable checkpoint (its config checked against `config` by
+  resume_policy) or a fresh state; with config's optimizer hyperparameters."""
+  current = json.loads(config.to_json_best_effort())
+
+  def check(saved_config):
+    if saved_config is None:
+      logging.warning('The checkpoint records no config; resuming without checking changes.')
+      return
+    for key, old, new in resume_policy.check_resume(saved_config, current, ckpt.latest.directory):
+      logging.warning('Resuming with a changed config: %s: %r -> %r (applied from here on).',
+                      key, old, new)
+
+  state, progress = None, {}
+  if ckpt.latest_step() is not None:
+    state, progress = ckpt.restore_with_progress(jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state, state_sharding), description, check=check)
+  if state is None:
+    state = init_fn()
+  opt_state = apply_config_to_opt_state(state.opt_state, config, int(state.plateau['drops']))
+  return jax.device_put(state.replace(opt_state=opt_state), state_sharding), progress
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
-  Writes TensorBoard events, config.json and, at the end, final_metrics.json.
-  Returns the final train state.
+  Writes TensorBoard events, config.json (once the resume check passed) and,
+  at the end, final_metrics.json. Returns the final train state; raises
+  Preempted after SIGTERM/SIGINT (checkpoint saved).
   """
   config_checks.check(config, num_devices=jax.device_count())  # Before the workdir.
-  # ---------------------------------------------------------------- logging
+  t_start = time.time()
   workdir = epath.Path(workdir)  # A local path or a bucket (gs://...).
   if '://' not in str(workdir):
     workdir = workdir.absolute()
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir, enabled=is_main) as lock:
+    return _train_locked(config, workdir, lock, t_start)
+
+
+def _train_locked(config, workdir, lock, t_start) -> TrainState:
+  # ---------------------------------------------------------------- logging
+  is_main = jax.process_index() == 0
   # TensorBoard only: the loop logs one console line per event itself.
   writer = metric_writers.AsyncMultiWriter(
       [metric_writers.SummaryWriter(str(workdir))] if is_main else [])
-  if is_main:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
   # ------------------------------------------------------------------ mesh
   mesh = parallel.make_mesh(config.mesh)
@@ -389,15 +514,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   ckpt = ckpt_lib.Checkpointer(str(workdir), every_steps=config.checkpoint_every_steps,
                                keep=config.keep_checkpoints,
                                use_async=config.async_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_state, state_sharding), description)
-  else:
-    state = jax.jit(functools.partial(create_train_state, model=model, tx=tx),
-                    out_shardings=state_sharding)(init_rng)
+  state, progress = _restore_or_init(
+      config, ckpt, abstract_state, state_sharding, description,
+      lambda: jax.jit(functools.partial(create_train_state, model=model, tx=tx),
+                      out_shardings=state_sharding)(init_rng))
   start_step = int(state.step)
-  if is_main:
+  if is_main:  # Only now: a refused resume leaves the run's record as it was.
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))
     logging.info('Model %s: %s parameters; %d steps (%d per epoch, %.1f epochs), '
                  'global batch %d on mesh %s; %s at step %d.', config.model.name,
@@ -422,84 +545,125 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     writer.write_scalars(step, results)
     return results
 
+  def evaluate_and_update(state, step):
+    """Evaluation at `step` (its checkpoint is already saved), the plateau
+    schedule's update, and the offer to best/."""
+    try:
+      results = run_evals(state, step)
+    except Exception as e:
+      raise EvaluationError(
+          f'Evaluation at step {step} failed ({type(e).__name__}: {e}). The checkpoint of '
+          f'step {step} is saved in {ckpt.latest.directory}; fix the cause (config.eval.*, '
+          'config.dataset.eval_split) and rerun the same command: it resumes with this '
+          'evaluation.') from e
+    if config.schedule.name == 'plateau' and step < num_steps:
+      plateau, drop = plateau_update(jax.device_get(state.plateau),
+                                     results['eval_top1_error'], config.schedule)
+      opt_state = set_lr_scale(state.opt_state, plateau_scale(config, plateau['drops']))
+      if drop:
+        logging.info('Validation error stopped improving: learning rate divided by %g '
+                     '(drop %d of %d).', 1 / config.schedule.factor, int(plateau['drops']),
+                     config.schedule.max_drops)
+      state = jax.device_put(state.replace(plateau=plateau, opt_state=opt_state),
+                             state_sharding)
+    ckpt.save_best(step, state, description, {'top1_error': results['eval_top1_error']})
+    lock.refresh()
+    fault_point('evaluated', step)
+    return state, results
+
   # ------------------------------------------------------------------ loop
-  train_iter = input_pipeline.train_iterator(
-      config, batch_size=config.batch_size // num_shards, start_step=start_step,
-      process_index=shard, process_count=num_shards)
-  history, last_eval, train_metrics = [], {}, {}
-  t_start = time.time()
-  t_log, steps_since_log = time.time(), 0
-  with PreemptionFlag() as preempted:
-    for step in range(start_step + 1, num_steps + 1):
-      batch = parallel.global_batch(next(train_iter), data_sharding)
-      state, metrics = p_train_step(state, batch)
-      history.append(metrics)
-      steps_since_log += 1
+  # The bookkeeping saved with every checkpoint (`progress`), so that a resumed
+  # run logs, evaluates and totals exactly as an uninterrupted one.
+  wall_offset = float(progress.get('wall_time_s', 0.0))
+  window = list(progress.get('window', []))        # per-step metrics since the last log
+  train_metrics = dict(progress.get('train_metrics', {}))   # the last logged window
+  evaluated_step = int(progress.get('evaluated_step', start_step))
 
-      if step % config.log_every_steps == 0 or step == num_steps:
-        stacked = jax.device_get(history)
-        losses = np.array([m['loss'] for m in stacked])
-        if not np.all(np.isfinite(losses)):
-          bad = step - len(stacked) + 1 + int(np.argmin(np.isfinite(losses)))
-          raise NonFiniteLossError(
-              f'Non-finite training loss {losses[np.argmin(np.isfinite(losses))]} at step '
-              f'{bad}; lower config.optimizer.learning_rate or check the input data.')
-        train_metrics = {f'train_{k}': float(np.mean([m[k] for m in stacked]))
-                         for k in stacked[0]}
-        elapsed = time.time() - t_log
-        rate = steps_since_log * config.batch_size / max(elapsed, 1e-9)
-        train_metrics['train_images_per_second'] = rate
-        writer.write_scalars(step, train_metrics)
-        eta = (num_steps - step) * config.batch_size / max(rate, 1e-9)
-        logging.info(
-            'step %d/%d (epoch %.2f, %.1f%%) | loss %.4f | top-1 err %.1f%% | top-5 err %.1f%% '
-            '| lr %.2g | %.0f img/s | ETA %s', step, num_steps, step / spe, 100 * step / num_steps,
-            train_metrics['train_loss'], 100 * train_metrics['train_top1_error'],
-            100 * train_metrics['train_top5_error'], train_metrics['train_learning_rate'],
-            rate, _format_eta(eta))
-        history, steps_since_log, t_log = [], 0, time.time()
+  def progress_record():
+    return {'wall_time_s': wall_offset + time.time() - t_start, 'window': window,
+            'train_metrics': train_metrics, 'evaluated_step': evaluated_step}
 
-      if step % eval_every == 0 or step == num_steps:
-        last_eval = run_evals(state, step)
-        if config.schedule.name == 'plateau' and step < num_steps:
-          plateau, drop = plateau_update(jax.device_get(state.plateau),
-                                         last_eval['eval_top1_error'], config.schedule)
-          opt_state = state.opt_state
-          if drop:
-            lr = float(current_learning_rate(opt_state)) * config.schedule.factor
-            opt_state = set_learning_rate(opt_state, lr)
-            logging.info('Validation error stopped improving: learning rate divided to %g '
-                         '(drop %d of %d).', lr, int(plateau['drops']), config.schedule.max_drops)
-          state = jax.device_put(state.replace(plateau=plateau, opt_state=opt_state),
-                                 state_sharding)
-        ckpt.save_best(step, state, description,
-                       {'top1_error': last_eval['eval_top1_error']})
-        t_log = time.time()
+  try:
+    last_eval = {}
+    if evaluated_step < start_step and (start_step % eval_every == 0 or start_step == num_steps):
+      # Stopped after saving an evaluation step but before its evaluation finished.
+      state, last_eval = evaluate_and_update(state, start_step)
+      evaluated_step = start_step
 
-      ckpt.save(step, state, description, force=(step == num_steps))
-      if preempted.any_host(step, config.log_every_steps):
-        ckpt.save(step, state, description, force=True)
-        ckpt.close()
-        writer.flush()
-        logging.warning('Preempted at step %d of %d; checkpoint saved. Run the same '
-                        'command to resume.', step, num_steps)
-        return state
+    train_iter = input_pipeline.train_iterator(
+        config, batch_size=config.batch_size // num_shards, start_step=start_step,
+        process_index=shard, process_count=num_shards)
+    history = []
+    t_log, steps_since_log = time.time(), 0
+    with PreemptionFlag() as preempted:
+      for step in range(start_step + 1, num_steps + 1):
+        batch = parallel.global_batch(next(train_iter), data_sharding)
+        state, metrics = p_train_step(state, batch)
+        history.append(metrics)
+        steps_since_log += 1
+        fault_point('trained', step)
+        ckpt.check_writes()  # A failed async save stops the run now, not a save later.
 
-  if not last_eval:  # Resumed a run that had already finished.
-    last_eval = run_evals(state, int(state.step))
-  ckpt.close()
-  writer.flush()
-  previous = workdir / 'final_metrics.json'
-  if not train_metrics and previous.exists():  # Re-evaluated a finished run:
-    train_metrics = {k: v for k, v in json.loads(previous.read_text()).items()  # keep its
-                     if k.startswith('train_') or k == 'wall_time_s'}       # train figures.
-  final = {'step': int(state.step), 'wall_time_s': time.time() - t_start, **train_metrics,
-           'eval_top1_error': last_eval.get('eval_top1_error'),
-           'eval_top5_error': last_eval.get('eval_top5_error'),
-           'eval_loss': last_eval.get('eval_loss'),
-           'eval_multicrop_top1_error': last_eval.get('eval_multicrop_top1_error'),
-           'eval_multicrop_top5_error': last_eval.get('eval_multicrop_top5_error'),
-           'eval_multicrop_crops': (10 if config.input.flip else 5) if config.eval.ten_crop else None}
+        is_log = step % config.log_every_steps == 0 or step == num_steps
+        is_eval = step % eval_every == 0 or step == num_steps
+        stop = preempted.any_host(step, config.log_every_steps)
+        # Evaluation steps are saved first, so a failed or killed evaluation loses nothing.
+        is_save = is_eval or stop or step == num_steps or ckpt.should_save(step)
+        if is_log or is_save:  # Checks finiteness before anything is saved.
+          window += step_metrics(history, step - len(history) + 1)
+          history = []
+
+        if is_log:
+          train_metrics = {f'train_{k}': float(np.mean([m[k] for m in window]))
+                           for k in window[0]}
+          elapsed = time.time() - t_log
+          rate = steps_since_log * config.batch_size / max(elapsed, 1e-9)
+          train_metrics['train_images_per_second'] = rate
+          writer.write_scalars(step, train_metrics)
+          eta = (num_steps - step) * config.batch_size / max(rate, 1e-9)
+          logging.info(
+              'step %d/%d (epoch %.2f, %.1f%%) | loss %.4f | top-1 err %.1f%% | top-5 err %.1f%% '
+              '| lr %.2g | %.0f img/s | ETA %s', step, num_steps, step / spe, 100 * step / num_steps,
+              train_metrics['train_loss'], 100 * train_metrics['train_top1_error'],
+              100 * train_metrics['train_top5_error'], train_metrics['train_learning_rate'],
+              rate, _format_eta(eta))
+          window, steps_since_log, t_log = [], 0, time.time()
+          lock.refresh()
+
+        if is_save:
+          ckpt.save(step, state, description, progress_record(), force=True)
+          fault_point('saved', step)
+        if is_eval and not stop:  # Stopping: the resumed run evaluates this step.
+          state, last_eval = evaluate_and_update(state, step)
+          evaluated_step = step
+          t_log = time.time()
+        if stop:
+          ckpt.close()
+          writer.flush()
+          logging.warning('Preempted at step %d of %d; checkpoint saved. Run the same '
+                          'command to resume.', step, num_steps)
+          raise Preempted(step, num_steps, state)
+
+    if not last_eval:  # Resumed a run that had already finished.
+      last_eval = run_evals(state, int(state.step))
+    ckpt.close()
+    writer.flush()
+    final = {'step': int(state.step), 'wall_time_s': progress_record()['wall_time_s'],
+             **train_metrics,
+             'eval_top1_error': last_eval.get('eval_top1_error'),
+             'eval_top5_error': last_eval.get('eval_top5_error'),
+             'eval_loss': last_eval.get('eval_loss'),
+             'eval_multicrop_top1_error': last_eval.get('eval_multicrop_top1_error'),
+             'eval_multicrop_top5_error': last_eval.get('eval_multicrop_top5_error'),
+             'eval_multicrop_crops': ((10 if config.input.flip else 5)
+                                      if config.eval.ten_crop else None)}
+  except Exception as e:  # Let in-flight saves commit; the error says what to do.
+    with contextlib.suppress(Exception):
+      ckpt.close()
+      writer.flush()
+    if isinstance(e, NonFiniteLossError):  # The state before the bad step led to it.
+      ckpt.put_aside_from(e.step - 1, 'diverged')
+    raise
   if is_main:
     (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
   logging.info('Done: %s', json.dumps(final))

@@ -311,6 +311,24 @@ def test_sbatch_single_job_and_missing_line(tmp_path, fake_bin):
   assert bad.returncode == 1 and 'no line for array task 1' in bad.stderr
 
 
+def test_sbatch_requeues_a_preempted_run_only(tmp_path, fake_bin):
+  """main exits 75 (train.PREEMPTED_EXIT_CODE) after saving on SIGTERM: requeue."""
+  bin_dir, log = fake_bin
+  _stub(bin_dir, 'scontrol', "log({'scontrol': argv})\n")
+  for status, want_rc, want in [(75, 0, [{'scontrol': ['requeue', '7']}]), (1, 1, []),
+                                (0, 0, [])]:
+    _stub(bin_dir, 'srun', f"sys.exit({status})\n")
+    if os.path.exists(log):
+      os.remove(log)
+    env = _env(STUB_LOG=log, PATH=bin_dir + os.pathsep + os.environ['PATH'],
+               SLURM_JOB_ID='7')
+    env.pop('SLURM_ARRAY_TASK_ID', None)
+    proc = subprocess.run(['bash', 'launch/slurm.sbatch', '--workdir=/ckpt/run1'],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == want_rc, (status, proc.stderr)
+    assert _records(log) == want, status
+
+
 def test_local_engine_runs_one_after_another_and_skips_done(tmp_path, fake_bin):
   bin_dir, log = fake_bin
   python = _stub(bin_dir, 'python', '''\

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -194,46 +193,7 @@ TINY_FLAGS = ['--config.model.conv_features=(8, 16, 24, 24, 16)', '--config.mode
               '--config.checkpoint_every_steps=5', '--config.async_checkpoints=False']
 
 
-def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
-  steps = 30
-  # Uninterrupted, in this process.
-  ref_state = train.train_and_evaluate(
-      tiny_config(num_train_steps=steps, log_every_steps=1, checkpoint_every_steps=5),
-      str(tmp_path / 'ref'))
-  ref_final = json.loads((tmp_path / 'ref' / 'final_metrics.json').read_text())
-
-  # Killed with SIGTERM mid-run, then restarted with the same command.
-  workdir = tmp_path / 'killed'
-  flags = TINY_FLAGS + [f'--config.num_train_steps={steps}']
-  proc = _main(workdir, *flags)
-  lines = []
-  for line in proc.stdout:
-    lines.append(line)
-    if ' step 6/' in line:
-      proc.send_signal(signal.SIGTERM)
-      break
-  out = ''.join(lines) + proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out
-  assert 'Preempted at step' in out, out
-  stopped = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=1,
-                                  use_async=False).latest_step()
-  assert 6 <= stopped < steps, out
-  assert not (workdir / 'final_metrics.json').exists()
-
-  proc = _main(workdir, *flags)
-  out = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out
-  assert f'resuming at step {stopped}' in out, out
-  final = json.loads((workdir / 'final_metrics.json').read_text())
-
-  ckpt = ckpt_lib.Checkpointer(str(workdir), every_steps=1, keep=1, use_async=False)
-  restored = ckpt.restore(ref_state, ckpt_lib.describe(
-      tiny_config(), ref_state.params), step=steps)
-  ckpt.close()
-  for a, b in zip(jax.tree.leaves(ref_state), jax.tree.leaves(restored)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-  for k in ('eval_top1_error', 'eval_top5_error', 'eval_loss', 'train_loss'):
-    np.testing.assert_allclose(final[k], ref_final[k], rtol=1e-5)
+# SIGTERM/SIGINT/kill -9 and resume: tests/test_faults.py.
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
