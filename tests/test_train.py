@@ -175,7 +175,10 @@ def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path):
   # Eval counts each of the 360 digits once despite the padded last batch.
   model = train.models.create_model(config.model)
   mesh = train.parallel.make_mesh((-1, 1))
-  eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, model=model))
+  stats = train.stats_lib.for_device(  # uint8 batches, finished on the device
+      config, lambda: train.input_pipeline.stats_images(config))
+  eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, stats, model=model,
+                                                 pixel_scale=config.input.pixel_scale))
   m = train.evaluate(state.params, config, eval_fn=eval_fn,
                      sharding=train.parallel.batch_sharding(mesh), ten_crop=False)
   assert m['count'] == 360
