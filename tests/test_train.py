@@ -161,10 +161,14 @@ def test_topk_errors():
 # --------------------------------------------------------------------------
 
 
-def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path):
+def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path, monkeypatch):
   config = tiny_config()
+  resolved = []  # input statistics: resolved once per run, not per evaluation
+  for_config = train.stats_lib.for_config
+  monkeypatch.setattr(train.stats_lib, 'for_config',
+                      lambda *a, **k: resolved.append(1) or for_config(*a, **k))
   state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 12
+  assert int(state.step) == 12 and len(resolved) == 1
   final = json.loads((tmp_path / 'final_metrics.json').read_text())
   assert final['step'] == 12
   for k in ('eval_top1_error', 'eval_top5_error', 'eval10_top1_error', 'train_loss',
