@@ -1,7 +1,7 @@
 r"""Is training input-bound? train_and_evaluate with the real pipeline vs synthetic batches.
 
 Two runs of `alexnet_jax.train.train_and_evaluate` on the same device and
-config, in turn (--rounds alternates them):
+config, in turn (--rounds repeats the pair, in alternating order):
 
   real       the input pipeline as training uses it: tf.data decoding and
              cropping on the host, uint8 batches prefetched to the device
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     config.async_checkpoints = False
     rows = []
     for r in range(args.rounds):
-      for mode in ('synthetic', 'real'):
+      for mode in ('synthetic', 'real')[::1 if r % 2 == 0 else -1]:  # alternate the order
         row = run(config, mode, os.path.join(tmp, f'{mode}_{r}'))
         print(f'round {r}: {mode} {row["img_per_s"]:.1f} img/s', flush=True)
         rows.append(row)
