@@ -158,7 +158,8 @@ def main(argv=None) -> int:
   lost = 1.0 - rate['real'] / rate['synthetic']
   device = jax.devices()[0]
   header = (f'device: {device.platform} ({device.device_kind}), {jax.device_count()} device(s); '
-            f'model {config.model.name} ({config.model.dtype}), batch {config.batch_size}, '
+            f'model {config.model.name} conv {tuple(config.model.conv_features)} fc '
+            f'{config.model.fc_features} ({config.model.dtype}), batch {config.batch_size}, '
             f'{config.model.input_size}px, data {config.dataset.source}'
             + (f' ({args.jpegs} JPEGs {args.jpeg_size}, {jpeg_bytes / 1e3:.1f} KB avg)'
                if jpeg_bytes else '')
