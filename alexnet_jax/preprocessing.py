@@ -324,17 +324,27 @@ def train_example(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> dict:
   return {'image': x, 'offset': offset, 'flip': flip, 'alpha': alpha}
 
 
+def base_image(image: tf.Tensor, resize_size: int, central_crop: bool = True,
+               antialias: bool = False):
+  """The paper's R x R image (section 2), float32 0-255, and its Geometry.
+
+  Only possible with a static size, i.e. with ``central_crop``; otherwise use
+  ``resample`` for windows of it.
+  """
+  if not central_crop:
+    raise ValueError('base_image needs central_crop=True (a static R x R size)')
+  shape = image_shape(image)
+  geo = base_geometry(shape, resize_size, True)
+  return resample(image, shape, geo.scale, geo.offset,
+                  (resize_size, resize_size), antialias), geo
+
+
 def base_image_uint8(image: tf.Tensor, resize_size: int,
                      antialias: bool = False) -> tf.Tensor:
   """The paper's R x R image (section 2), uint8 (R, R, 3); R x R originals as they are."""
-  shape = image_shape(image)
   r = resize_size
-
-  def resampled():
-    geo = base_geometry(shape, r, True)
-    return to_uint8(resample(image, shape, geo.scale, geo.offset, (r, r), antialias))
-
-  x = tf.cond(_is_base_size(shape, r), lambda: decode(image), resampled)
+  x = tf.cond(_is_base_size(image_shape(image), r), lambda: decode(image),
+              lambda: to_uint8(base_image(image, r, True, antialias)[0]))
   x.set_shape([r, r, 3])
   return x
 
