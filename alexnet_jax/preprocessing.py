@@ -126,7 +126,7 @@ def read_window(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
 
 
 # --------------------------------------------------------------------------
-# Geometry (section 4.1: shorter side to R, central R x R crop)
+# Geometry (section 2: shorter side to R, central R x R crop)
 # --------------------------------------------------------------------------
 
 

@@ -320,13 +320,12 @@ def _format_eta(seconds: float) -> str:
 def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool) -> dict:
   """Top-1/top-5 error and loss over the whole eval split, each image once."""
   shard, num_shards = parallel.data_shard(sharding.mesh)
-  totals = None
-  for batch in input_pipeline.eval_iterator(
+  batches = parallel.prefetch(input_pipeline.eval_iterator(
       config, batch_size=config.eval.batch_size // num_shards, ten_crop=ten_crop,
-      process_index=shard, process_count=num_shards):
-    sums = eval_fn(params, parallel.global_batch(batch, sharding))
-    sums = jax.device_get(sums)
-    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+      process_index=shard, process_count=num_shards), sharding, config.dataset.prefetch)
+  # Dispatched without waiting; fetched once at the end.
+  sums = jax.device_get([eval_fn(params, batch) for batch in batches])
+  totals = {k: sum(float(s[k]) for s in sums) for k in sums[0]}
   count = float(totals['count'])
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
