@@ -1,23 +1,31 @@
-"""Input pipeline: a data source (alexnet_jax.data_sources) -> tf.data -> NumPy.
+"""Input pipeline: a data source (alexnet_jax.data_sources) -> tf.data -> uint8 NumPy.
 
-Section 4.1 preprocessing and augmentation and section 6 testing. The per-image
-ops (fused decode-and-crop, flips, PCA lighting, ten crops, pixel scale) are in
-``alexnet_jax.preprocessing``; the mean image and PCA statistics in
-``alexnet_jax.stats``.
+The host half of section 2 (down-sampling to 256 x 256) and section 4.1
+(random patches, reflections, PCA lighting, the ten test patches): the host
+decodes and sends uint8 pixels plus the few numbers each example's recipe
+needs (``alexnet_jax.preprocessing``); the device finishes the recipe inside
+the jitted step (``alexnet_jax.augment``: reflection, mean subtraction, PCA
+lighting, pixel scale, cutting the test patches). The statistics (mean image,
+PCA) are resolved once per run by the training setup (``alexnet_jax.stats``),
+not here.
 
 INTERFACE (used by train.py):
 
   dataset_info(config) -> DatasetInfo(num_train, num_eval, num_classes)
       Raises DatasetNotFoundError naming the exact preparation steps.
   train_iterator(config, *, batch_size, start_step=0, process_index=0, process_count=1)
-      Infinite iterator of {'image': float32 (b, S, S, 3), 'label': int32 (b,)},
+      Infinite iterator of {'image': uint8 (b, S, S, 3), 'offset': int32 (b, 2),
+      'flip': bool (b,), 'alpha': float32 (b, 3), 'label': int32 (b,)}
+      (``preprocessing.train_example``; 154,612 bytes per example at S = 227),
       b = per-process batch, S = config.model.input_size. Batch k is a
       deterministic function of (config.seed, k, process_index, process_count),
       so a run restarted with start_step=k continues the same stream.
   eval_iterator(config, *, batch_size, ten_crop=False, process_index=0, process_count=1)
       One pass over this process's share of the eval split; every process
-      yields the same number of batches. {'image': (b, S, S, 3) or (b, 10, S, S, 3),
-      'label': (b,), 'mask': bool (b,)}; padded examples have mask False.
+      yields the same number of batches. {'image': uint8 (b, S, S, 3) centre
+      patches, or with ten_crop the (b, R, R, 3) images the device cuts the
+      patches from ((b, 5, S, S, 3) patches without a central crop), 'label':
+      (b,), 'mask': bool (b,)}; padded examples have mask False.
 
 Sources (config.dataset.source: 'tfds', 'folder', 'digits') are in
 ``alexnet_jax.data_sources``; all go through the same tf.data code here.
@@ -53,7 +61,6 @@ import tensorflow as tf
 
 from alexnet_jax import data_sources
 from alexnet_jax import preprocessing as pp
-from alexnet_jax import stats as stats_lib
 # Re-exported: callers see one input module.
 from alexnet_jax.data_sources import (  # noqa: F401  pylint: disable=unused-import
     DatasetInfo, DatasetNotFoundError, dataset_info, prepare_tfds)
@@ -87,23 +94,8 @@ def _report_corrupt(names: Sequence[bytes], where: str) -> None:
 
 
 def make_recipe(config) -> pp.Recipe:
-  """config.input (+ statistics) as a preprocessing.Recipe."""
+  """config.input as a preprocessing.Recipe (the host's settings)."""
   inp = config.input
-  if inp.mean not in ('image', 'channel', 'none'):
-    raise ValueError(f'config.input.mean={inp.mean!r}; expected image, channel or none.')
-  if inp.mean == 'image' and (inp.random_resized_crop or not inp.central_crop):
-    raise ValueError('config.input.mean="image" needs central_crop=True and '
-                     'random_resized_crop=False (the mean image is of the central '
-                     'R x R crops); use mean="channel" with those.')
-  stats = None
-  if inp.mean != 'none' or inp.pca_lighting > 0:
-    stats = stats_lib.for_config(config)
-    logging.log_first_n(logging.INFO, 'Input statistics: %s', 1, stats.source)
-  mean = None
-  if inp.mean == 'image':
-    mean = stats.mean_image
-  elif inp.mean == 'channel':
-    mean = stats.channel_mean.reshape(1, 1, 3)
   return pp.Recipe(
       resize_size=inp.resize_size,
       crop_size=config.model.input_size,
@@ -115,11 +107,7 @@ def make_recipe(config) -> pp.Recipe:
       fast_train_resample=inp.get('fast_train_resample', True),
       random_resized_crop=inp.random_resized_crop,
       rrc_area=tuple(inp.get('rrc_area', (0.08, 1.0))),
-      rrc_aspect=tuple(inp.get('rrc_aspect', (3 / 4, 4 / 3))),
-      mean=mean,
-      pixel_scale=float(inp.get('pixel_scale', 1.0)),
-      eigval=None if stats is None else stats.eigval,
-      eigvec=None if stats is None else stats.eigvec)
+      rrc_aspect=tuple(inp.get('rrc_aspect', (3 / 4, 4 / 3))))
 
 
 def _options(config) -> tf.data.Options:
@@ -260,8 +248,7 @@ def train_iterator(config, *, batch_size: int, start_step: int = 0,
     ex = split.load(key)
     rng = data_sources.fold(tf.constant([seed, data_sources.AUGMENT], tf.int64),
                             e, shard, position)
-    image = pp.train_image(ex['image'], rng, recipe)
-    return {'image': image, 'label': ex['label']}
+    return {**pp.train_example(ex['image'], rng, recipe), 'label': ex['label']}
 
   first_seq = start_step * batch_size  # seq: examples since step 0 (this process)
   keys = tf.data.Dataset.range(first_epoch, _INF_EPOCHS).flat_map(epoch)
@@ -300,19 +287,20 @@ def train_iterator(config, *, batch_size: int, start_step: int = 0,
 
 def eval_iterator(config, *, batch_size: int, ten_crop: bool = False,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """One pass over this process's share of the eval split (section 6 crops)."""
+  """One pass over this process's share of the eval split (section 4.1 test patches)."""
   source = data_sources.for_config(config)
   split = source.split(source.eval_split)
   recipe = make_recipe(config)
   keys, sizes = split.share(process_index, process_count)
   keys = keys.map(lambda *key: key[0] if len(key) == 1 else key).enumerate()
   num_batches = math.ceil(max(sizes) / batch_size)
-  s = config.model.input_size
-  shape = [pp.num_eval_crops(recipe), s, s, 3] if ten_crop else [s, s, 3]
+  s, r = config.model.input_size, recipe.resize_size
+  shape = ([s, s, 3] if not ten_crop else [r, r, 3] if recipe.central_crop
+           else [5, s, s, 3])
 
   def load(key):
     ex = split.load(key)
-    image = pp.eval_image(ex['image'], recipe, ten_crop=ten_crop)
+    image = pp.eval_example(ex['image'], recipe, multi_crop=ten_crop)
     return {'image': image, 'label': ex['label']}
 
   ds = _decode(keys, load).batch(batch_size).prefetch(_AUTOTUNE)
@@ -321,14 +309,14 @@ def eval_iterator(config, *, batch_size: int, ten_crop: bool = False,
   aligned = _aligned(batches, batch_size, 0, end=mine)
   for b in range(num_batches):
     if b * batch_size >= mine:  # this process's share is shorter: fully masked
-      yield {'image': np.zeros([batch_size] + shape, np.float32),
+      yield {'image': np.zeros([batch_size] + shape, np.uint8),
              'label': np.zeros([batch_size], np.int32),
              'mask': np.zeros([batch_size], bool)}
       continue
     start, values, present = next(aligned)
     present = present & (start + np.arange(batch_size) < mine)  # last batch: padding
     if values is None:
-      values = {'image': np.zeros([batch_size] + shape, np.float32),
+      values = {'image': np.zeros([batch_size] + shape, np.uint8),
                 'label': np.zeros([batch_size], np.int32)}
     real = start + np.arange(batch_size) < mine
     if not present[real].all():
@@ -341,13 +329,15 @@ def eval_iterator(config, *, batch_size: int, ten_crop: bool = False,
 
 
 # --------------------------------------------------------------------------
-# Statistics (alexnet_jax.stats)
+# Images for the statistics (alexnet_jax.stats computes them)
 # --------------------------------------------------------------------------
 
 
 def stats_images(config, num_images: Optional[int] = None,
                  batch_size: int = 64) -> Iterator[np.ndarray]:
-  """(n, R, R, 3) float32 0-255 training images (shorter side R, central crop).
+  """(n, R, R, 3) float32 0-255 training images (section 2: shorter side R, central crop).
+
+  The same uint8 pixels the device receives for multi-crop evaluation.
 
   The first `num_images` (None: all) of training pass 0's order; images that
   do not decode are reported and left out.
@@ -360,8 +350,7 @@ def stats_images(config, num_images: Optional[int] = None,
   keys = split.epoch(0, n, 1, 0, 1, config.seed)  # (position, key), position = seq
 
   def load(key):
-    image, _ = pp.base_image(split.load(key)['image'], r, True, antialias)
-    return {'image': image}
+    return {'image': pp.base_image_uint8(split.load(key)['image'], r, antialias)}
 
   _check_decodes(split, load)
   ds = _decode(keys, load).batch(batch_size).prefetch(_AUTOTUNE)
@@ -372,4 +361,4 @@ def stats_images(config, num_images: Optional[int] = None,
       _missing(start, present | ~real, lambda q: _name_in(keys, split.name, q),
                'statistics')
     if values is not None:
-      yield values['image'][present]
+      yield values['image'][present].astype(np.float32)

@@ -1,19 +1,16 @@
-"""Image preprocessing of section 4.1 (training) and section 6 (testing), as TF ops.
+"""The host half of the paper's preprocessing, as TF ops: decode, down-sample, crop.
 
-Everything here is a pure TensorFlow function of one image, run inside
-tf.data by ``alexnet_jax.input_pipeline``; randomness comes from stateless ops
-and an explicit seed, so an image's augmentation is a function of its seed.
+Section 2: "down-sampled the images to a fixed resolution of 256 x 256"
+(shorter side to R = 256, central R x R crop); section 4.1: random S x S
+patches (S = 227 or 224) and their reflections for training, ten patches for
+testing. Everything here is a pure TensorFlow function of one image, run
+inside tf.data by ``alexnet_jax.input_pipeline``, and ends in uint8 pixels;
+randomness comes from stateless ops and an explicit seed, so an image's
+augmentation is a function of its seed. The per-pixel rest of the recipe
+(reflection, mean subtraction, PCA lighting, pixel scale, cutting the ten
+test patches) runs on the device: ``alexnet_jax.augment``.
 
-Pixel scale. Images are float32 RGB on the 0-255 scale. The mean image (or
-per-channel mean) is subtracted on that scale, as in Caffe. PCA lighting uses
-the eigenvalues and eigenvectors of the 3x3 covariance of RGB pixels scaled to
-[0, 1] (the convention of fb.resnet.torch and of the published constants), so
-on our 0-255 pixels the noise added to every pixel is
-
-    255 * [p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T,  a_i ~ N(0, std^2).
-
-Geometry. The paper rescales the shorter side to R = 256, takes the central
-R x R crop and then an S x S patch (S = 227 or 224). We never resize the whole
+Geometry. We never resize the whole
 image: only the JPEG window a patch depends on is decoded
 (``tf.io.decode_and_crop_jpeg``; pixel-identical to decoding everything and
 cropping, except in the window's outermost row/column, where libjpeg's chroma
@@ -29,15 +26,17 @@ upsampling differs, so windows carry a margin).
   by under half an original pixel against the exact grid; that costs nothing
   to a random crop and halves the resampling time, which is most of the
   difference between 1.5x and 2x PyTorch's throughput.
+  Originals that are already R x R (the prepared 256 x 256 data) are cropped
+  straight out of the JPEG, without resampling (detected from the JPEG
+  header's shape at run time).
 
 Images are either encoded strings (JPEG, or PNG/GIF/BMP, including PNGs named
 .JPEG; greyscale and CMYK JPEGs decode to RGB) or uint8 arrays (H, W, C) with
 C in {1, 3} (in-memory datasets such as scikit-learn's digits).
 """
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 # libjpeg's fancy chroma upsampling makes the outermost row/column of a cropped
@@ -45,12 +44,6 @@ import tensorflow as tf
 _JPEG_MARGIN = 2
 # Half-width of the triangle (bilinear) kernel in output pixels.
 _TRIANGLE_RADIUS = 1.0
-
-# Section 6: "the four corner patches and the center patch as well as their
-# horizontal reflections"; index i + 5 is the reflection of crop i.
-TEN_CROP_ORDER = ('top_left', 'top_right', 'bottom_left', 'bottom_right',
-                  'centre')
-
 
 class Geometry(NamedTuple):
   """Where the R x R (or R-short-side) base image lies in the resized image.
@@ -133,7 +126,7 @@ def read_window(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
 
 
 # --------------------------------------------------------------------------
-# Geometry (section 4.1: shorter side to R, central R x R crop)
+# Geometry (section 2: shorter side to R, central R x R crop)
 # --------------------------------------------------------------------------
 
 
@@ -221,79 +214,13 @@ def rounded_window(image: tf.Tensor, shape: tf.Tensor, scale: tf.Tensor,
   return read_window(image, tf.concat([lo, hi - lo], 0))
 
 
-def base_image(image: tf.Tensor, resize_size: int, central_crop: bool = True,
-               antialias: bool = False):
-  """The paper's R x R image (section 4.1), float32 0-255, and its Geometry.
-
-  Only possible with a static size, i.e. with ``central_crop``; otherwise use
-  ``resample`` for windows of it.
-  """
-  if not central_crop:
-    raise ValueError('base_image needs central_crop=True (a static R x R size)')
-  shape = image_shape(image)
-  geo = base_geometry(shape, resize_size, True)
-  return resample(image, shape, geo.scale, geo.offset,
-                  (resize_size, resize_size), antialias), geo
-
-
 # --------------------------------------------------------------------------
-# Mean subtraction, flips, PCA lighting (section 4.1)
-# --------------------------------------------------------------------------
-
-
-def subtract_channels(x: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
-  """x (h, w, 3) minus a per-channel v ((3,) or (1, 1, 3)); static h, w.
-
-  The same numbers as ``x - v``, computed as (h, 3w) minus a tiled (1, 3w)
-  row: TF's broadcast over a last axis of 3 is not vectorized and costs
-  about 0.3 ms on a 227 x 227 patch (a seventh of a training image's
-  preprocessing), the row broadcast a fifth of that.
-  """
-  h, w = x.shape[0], x.shape[1]
-  if h is None or w is None:
-    return x - tf.reshape(v, [3])
-  row = tf.tile(tf.reshape(v, [3]), [w])
-  return tf.reshape(tf.reshape(x, [h, w * 3]) - row[None], [h, w, 3])
-
-
-def subtract_mean(x: tf.Tensor, mean: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
-  """x (h, w, 3) minus the mean; a (R, R, 3) mean image is cut at ``offset``.
-
-  ``mean`` is the mean image (R, R, 3), or a per-channel mean (1, 1, 3).
-  """
-  if mean.shape[0] == 1 and mean.shape[1] == 1:
-    return subtract_channels(x, mean)
-  h, w = x.shape[0], x.shape[1]
-  return x - tf.slice(mean, [offset[0], offset[1], 0], [h, w, 3])
-
-
-def pca_lighting(seed: tf.Tensor, std: float, eigval: tf.Tensor,
-                 eigvec: tf.Tensor, pixel_max: float = 255.0) -> tf.Tensor:
-  """(3,) RGB offset 255 * P (alpha * lambda), alpha ~ N(0, std^2) (section 4.1).
-
-  Args:
-    seed: (2,) int seed of this image in this pass.
-    std: the standard deviation of alpha (0.1 in the paper).
-    eigval: (3,) eigenvalues of the covariance of [0, 1]-scaled RGB pixels.
-    eigvec: (3, 3) its eigenvectors as columns.
-    pixel_max: the pixel scale the noise is added on (255: our images).
-  """
-  alpha = tf.random.stateless_normal([3], seed, stddev=std)
-  # P (alpha * lambda) as a broadcast sum: a 3x3 matmul op costs more than the image.
-  return pixel_max * tf.reduce_sum(eigvec * (alpha * eigval)[None, :], axis=1)
-
-
-# --------------------------------------------------------------------------
-# Training and evaluation images
+# Training and evaluation examples: uint8 pixels + the device's parameters
 # --------------------------------------------------------------------------
 
 
 class Recipe(NamedTuple):
-  """The preprocessing settings (config.input plus statistics), as plain values.
-
-  mean: float32 (R, R, 3) mean image or (1, 1, 3) per-channel mean (0-255).
-  eigval, eigvec: (3,), (3, 3) PCA of [0, 1]-scaled RGB pixels.
-  """
+  """The host's preprocessing settings (config.input), as plain values."""
   resize_size: int = 256
   crop_size: int = 227
   central_crop: bool = True
@@ -302,19 +229,34 @@ class Recipe(NamedTuple):
   pca_std: float = 0.1
   antialias: bool = False
   fast_train_resample: bool = True  # rounded_window for bilinear training patches
-  pixel_scale: float = 1.0  # network input = (pixel - mean) * pixel_scale
   random_resized_crop: bool = False
   rrc_area: Tuple[float, float] = (0.08, 1.0)
   rrc_aspect: Tuple[float, float] = (3 / 4, 4 / 3)
-  mean: Optional[np.ndarray] = None
-  eigval: Optional[np.ndarray] = None
-  eigvec: Optional[np.ndarray] = None
 
 
-def _mean_tensor(recipe: Recipe) -> tf.Tensor:
-  if recipe.mean is None:
-    return tf.zeros([1, 1, 3], tf.float32)
-  return tf.constant(recipe.mean, tf.float32)
+def to_uint8(x: tf.Tensor) -> tf.Tensor:
+  """float 0-255 pixels -> uint8, rounded to nearest (what the device receives)."""
+  return tf.saturate_cast(tf.round(x), tf.uint8)
+
+
+def _is_base_size(shape: tf.Tensor, resize_size: int) -> tf.Tensor:
+  """Whether the original is already R x R (a prepared 256 x 256 file): no resampling."""
+  return tf.reduce_all(tf.equal(shape, resize_size))
+
+
+def crop(image: tf.Tensor, shape: tf.Tensor, start: tf.Tensor,
+         size: Tuple[int, int]) -> tf.Tensor:
+  """uint8 pixels [start, start + size) of the original, not resampled.
+
+  Decodes a window with a _JPEG_MARGIN around it (its outermost rows and
+  columns may differ from a full decode) and slices: equals
+  ``decode(image)[start:start + size]`` exactly.
+  """
+  size_t = tf.constant(size, tf.int32)
+  lo = tf.maximum(start - _JPEG_MARGIN, 0)
+  hi = tf.minimum(start + size_t + _JPEG_MARGIN, shape)
+  window = read_window(image, tf.concat([lo, hi - lo], 0))
+  return tf.slice(window, tf.concat([start - lo, [0]], 0), [size[0], size[1], 3])
 
 
 def _random_resized_crop(image, shape, seed, recipe: Recipe) -> tf.Tensor:
@@ -337,44 +279,31 @@ def _random_resized_crop(image, shape, seed, recipe: Recipe) -> tf.Tensor:
                   recipe.antialias)
 
 
-def _mean_cut(recipe: Recipe, offset: tf.Tensor, flip, base_width) -> tf.Tensor:
-  """The mean under an S x S patch at `offset`, reflected with the patch if `flip`."""
-  mean = _mean_tensor(recipe)
-  if mean.shape[0] == 1:  # per-channel (or no) mean: nothing to cut or reflect
-    return mean
-  s = recipe.crop_size
-  cut = lambda m, o: tf.slice(m, [o[0], o[1], 0], [s, s, 3])
-  if flip is None:
-    return cut(mean, offset)
-  # The reflection of the cut at x is the cut of the reflected mean at W - S - x.
-  mirrored = tf.constant(recipe.mean[:, ::-1], tf.float32)
-  return tf.cond(flip, lambda: cut(mirrored, tf.stack([offset[0], base_width - s - offset[1]])),
-                 lambda: cut(mean, offset))
+def train_example(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> dict:
+  """One training example's host half (section 4.1); alexnet_jax.augment finishes it.
 
-
-def train_image(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> tf.Tensor:
-  """One training patch, float32 (S, S, 3): (pixels - mean + PCA noise) * pixel_scale.
-
-  A random S x S patch of the R x R image (``random_crop``; else the centre),
-  reflected with probability 1/2 (``flip``), plus PCA lighting noise
-  (``pca_std`` > 0), section 4.1. ``seed``: (2,) int, this image in this pass.
-  Bilinear patches use ``rounded_window`` (``fast_train_resample``; the
-  window is reflected before resizing, which commutes with it), antialiased
-  ones the exact ``resample``; evaluation is always exact.
+  Returns 'image': uint8 (S, S, 3), the random S x S patch of the R x R
+  image (``random_crop``; else the centre), NOT reflected; 'offset': int32
+  (2,) its top-left in the R x R image (where the device cuts the mean
+  image); 'flip': bool (), reflect it (probability 1/2 with ``flip``);
+  'alpha': float32 (3,), the PCA-lighting draw N(0, pca_std^2).
+  ``seed``: (2,) int, this image in this pass; every draw is a function of it.
+  An original that is already R x R (prepared data) is cropped without
+  resampling; otherwise bilinear patches use ``rounded_window``
+  (``fast_train_resample``), antialiased ones the exact ``resample``.
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  s = recipe.crop_size
+  s, r = recipe.crop_size, recipe.resize_size
   shape = image_shape(image)
-  flip = tf.random.stateless_uniform([], seeds[1]) < 0.5 if recipe.flip else None
-  reflect = lambda x: tf.cond(flip, lambda: tf.reverse(x, axis=[1]), lambda: x)
+  flip = (tf.random.stateless_uniform([], seeds[1]) < 0.5 if recipe.flip
+          else tf.constant(False))
+  alpha = (tf.random.stateless_normal([3], seeds[2], stddev=recipe.pca_std)
+           if recipe.pca_std > 0 else tf.zeros([3]))
   if recipe.random_resized_crop:
-    x = _random_resized_crop(image, shape, seeds[0], recipe)
-    x = x if flip is None else reflect(x)
-    shift = _mean_tensor(recipe)
-    if shift.shape[0] != 1:
-      raise ValueError('random_resized_crop takes a per-channel mean, not a mean image.')
+    x = to_uint8(_random_resized_crop(image, shape, seeds[0], recipe))
+    offset = tf.zeros([2], tf.int32)
   else:
-    geo = base_geometry(shape, recipe.resize_size, recipe.central_crop)
+    geo = base_geometry(shape, r, recipe.central_crop)
     if recipe.random_crop:
       room = geo.size - s + 1  # (2,) number of possible offsets per axis
       offset = tf.random.stateless_uniform(
@@ -382,67 +311,65 @@ def train_image(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> tf.Tensor:
     else:
       offset = (geo.size - s) // 2
     start = geo.offset + offset
-    if recipe.fast_train_resample and not recipe.antialias:
-      window = rounded_window(image, shape, geo.scale, start, (s, s))
-      x = tf.image.resize(window if flip is None else reflect(window), (s, s))
-    else:
-      x = resample(image, shape, geo.scale, start, (s, s), recipe.antialias)
-      x = x if flip is None else reflect(x)
-    shift = _mean_cut(recipe, offset, flip, geo.size[1])
-  if recipe.pca_std > 0:
-    noise = pca_lighting(seeds[2], recipe.pca_std,
-                         tf.constant(recipe.eigval, tf.float32),
-                         tf.constant(recipe.eigvec, tf.float32))
-    # shift - noise; a (1, 1, 3) shift stays small, an (S, S, 3) one takes
-    # the vectorized row broadcast.
-    shift = (shift - noise if shift.shape[0] == 1
-             else subtract_channels(shift, noise))
-  x = subtract_channels(x, shift) if shift.shape[0] == 1 else x - shift
-  return x * recipe.pixel_scale if recipe.pixel_scale != 1 else x
+
+    def resampled():
+      if recipe.fast_train_resample and not recipe.antialias:
+        window = rounded_window(image, shape, geo.scale, start, (s, s))
+        return to_uint8(tf.image.resize(window, (s, s)))
+      return to_uint8(resample(image, shape, geo.scale, start, (s, s), recipe.antialias))
+
+    x = tf.cond(_is_base_size(shape, r), lambda: crop(image, shape, start, (s, s)),
+                resampled)
+  x.set_shape([s, s, 3])
+  return {'image': x, 'offset': offset, 'flip': flip, 'alpha': alpha}
 
 
-def ten_crop_offsets(base_size, crop_size: int):
-  """(5, 2) offsets of TEN_CROP_ORDER's crops in a base image of (H, W)."""
-  h, w = base_size[0] - crop_size, base_size[1] - crop_size
-  return tf.stack([[0, 0], [0, w], [h, 0], [h, w], [h // 2, w // 2]])
+def base_image(image: tf.Tensor, resize_size: int, central_crop: bool = True,
+               antialias: bool = False):
+  """The paper's R x R image (section 2), float32 0-255, and its Geometry.
 
-
-def num_eval_crops(recipe: Recipe) -> int:
-  """10 (section 6); 5 when training used no reflections (recipe.flip False),
-  since a network never shown mirrored images should not be tested on them."""
-  return 10 if recipe.flip else 5
-
-
-def eval_image(image: tf.Tensor, recipe: Recipe, ten_crop: bool = False) -> tf.Tensor:
-  """Test patches (section 6), float32, mean subtracted.
-
-  Single crop: the centre S x S patch of the R x R image, (S, S, 3).
-  ten_crop: the four corner and the centre patches and their reflections,
-  (10, S, S, 3) in TEN_CROP_ORDER, then the same five reflected; without
-  reflections when the recipe trains without flips ((5, S, S, 3)).
+  Only possible with a static size, i.e. with ``central_crop``; otherwise use
+  ``resample`` for windows of it.
   """
-  s = recipe.crop_size
+  if not central_crop:
+    raise ValueError('base_image needs central_crop=True (a static R x R size)')
   shape = image_shape(image)
-  geo = base_geometry(shape, recipe.resize_size, recipe.central_crop)
-  mean = _mean_tensor(recipe)
-  if not ten_crop:
-    offset = (geo.size - s) // 2
-    x = resample(image, shape, geo.scale, geo.offset + offset, (s, s),
-                 recipe.antialias)
-    x = subtract_mean(x, mean, offset)
-    return x * recipe.pixel_scale if recipe.pixel_scale != 1 else x
-  offsets = ten_crop_offsets(geo.size, s)
-  if recipe.central_crop:
-    r = recipe.resize_size
-    base = resample(image, shape, geo.scale, geo.offset, (r, r),
-                    recipe.antialias)
-    crops = [subtract_mean(tf.slice(base, [o[0], o[1], 0], [s, s, 3]), mean, o)
-             for o in tf.unstack(offsets)]
-  else:  # the base image has no static size: resample each crop
-    crops = [subtract_mean(resample(image, shape, geo.scale, geo.offset + o,
-                                    (s, s), recipe.antialias), mean, o)
-             for o in tf.unstack(offsets)]
-  x = tf.stack(crops)  # (5, S, S, 3)
-  if recipe.flip:
-    x = tf.concat([x, tf.reverse(x, axis=[2])], 0)  # (10, S, S, 3)
-  return x * recipe.pixel_scale if recipe.pixel_scale != 1 else x
+  geo = base_geometry(shape, resize_size, True)
+  return resample(image, shape, geo.scale, geo.offset,
+                  (resize_size, resize_size), antialias), geo
+
+
+def base_image_uint8(image: tf.Tensor, resize_size: int,
+                     antialias: bool = False) -> tf.Tensor:
+  """The paper's R x R image (section 2), uint8 (R, R, 3); R x R originals as they are."""
+  r = resize_size
+  x = tf.cond(_is_base_size(image_shape(image), r), lambda: decode(image),
+              lambda: to_uint8(base_image(image, r, True, antialias)[0]))
+  x.set_shape([r, r, 3])
+  return x
+
+
+def eval_example(image: tf.Tensor, recipe: Recipe, multi_crop: bool = False) -> tf.Tensor:
+  """Evaluation pixels (section 4.1), uint8; alexnet_jax.augment cuts and finishes them.
+
+  Centre crop: the centre S x S patch of the R x R image, (S, S, 3).
+  multi_crop: the R x R image (R, R, 3), from which the device cuts the four
+  corner and the centre patches (and their reflections); without a central
+  crop (no static base size) the five patches, (5, S, S, 3).
+  """
+  s, r = recipe.crop_size, recipe.resize_size
+  if multi_crop and recipe.central_crop:
+    return base_image_uint8(image, r, recipe.antialias)
+  shape = image_shape(image)
+  geo = base_geometry(shape, r, recipe.central_crop)
+  if multi_crop:
+    h, w = geo.size[0] - s, geo.size[1] - s
+    offsets = tf.stack([[0, 0], [0, w], [h, 0], [h, w], [h // 2, w // 2]])
+    return tf.stack([to_uint8(resample(image, shape, geo.scale, geo.offset + o, (s, s),
+                                       recipe.antialias)) for o in tf.unstack(offsets)])
+  start = geo.offset + (geo.size - s) // 2
+  x = tf.cond(_is_base_size(shape, r), lambda: crop(image, shape, start, (s, s)),
+              lambda: to_uint8(resample(image, shape, geo.scale, start, (s, s),
+                                        recipe.antialias)))
+  x.set_shape([s, s, 3])
+  return x

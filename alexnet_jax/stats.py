@@ -1,8 +1,9 @@
-r"""Training-set statistics for section 4.1: the mean image and the RGB PCA.
+r"""Training-set statistics: the mean image (section 2) and the RGB PCA (section 4.1).
 
-"We did not pre-process the images in any other way, except for subtracting
-the mean activity over the training set from each pixel" and "we perform PCA
-on the set of RGB pixel values throughout the ImageNet training set".
+Section 2: "We did not pre-process the images in any other way, except for
+subtracting the mean activity over the training set from each pixel";
+section 4.1: "we perform PCA on the set of RGB pixel values throughout the
+ImageNet training set".
 
 Command (a sample of the training split, in the pipeline's training order):
 
@@ -15,21 +16,33 @@ the published ImageNet constants in config.input.published_* are used (and
 logged as such); the digits dataset computes its statistics in memory.
 
 The mean image is of the R x R images (R = config.input.resize_size: shorter
-side rescaled to R, central crop) on the 0-255 scale. The covariance is of RGB
-pixels scaled to [0, 1] (see alexnet_jax.preprocessing for the pixel scale of
-the PCA noise); eigenvalues are sorted in decreasing order, eigenvectors are
-the columns of ``eigvec``.
+side rescaled to R, central crop) on the 0-255 scale.
+
+PCA convention (one, for computed and published statistics): ``eigval`` are the
+eigenvalues (variances) of the 3x3 covariance of RGB pixel values scaled to
+[0, 1], pooled over all pixels of all images (between-image variation
+included), sorted in decreasing order; ``eigvec`` their eigenvectors as
+columns. The device adds 255 * P (alpha * eigval) to 0-255 pixels
+(alexnet_jax.augment). The published constants (fb.resnet.torch: 0.2175,
+0.0188, 0.0045) are on this scale: the 258 ImageNet JPEGs of the project's
+sample give 0.1992, 0.0165, 0.0037 (trace 0.219) measured this way. The
+smaller "trace 0.153" one gets from torchvision's per-channel std (0.229,
+0.224, 0.225) is of per-image standard deviations, averaged, which leave out
+the variation between images' mean colours (the same sample: 0.229, 0.226,
+0.227 per image vs 0.270, 0.262, 0.278 pooled).
 """
 
 import dataclasses
 import io
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 import numpy as np
+
+from alexnet_jax import augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +114,14 @@ def load(path: str) -> Stats:
                  source=f'{d["source"]} ({path})')
 
 
-_DIGITS_CACHE = {}
+def for_config(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = None) -> Stats:
+  """The statistics config.input asks for: stats_path, else computed (digits), else published.
 
-
-def for_config(config) -> Stats:
-  """The statistics config.input asks for: stats_path, else computed (digits), else published."""
+  images: () -> batches of the training split's R x R images
+  (``input_pipeline.stats_images``), to compute the statistics of a small
+  in-memory source (digits) exactly; the caller passes it, so this module
+  does not depend on the pipeline.
+  """
   r = config.input.resize_size
   if config.input.stats_path:
     stats = load(config.input.stats_path)
@@ -114,22 +130,47 @@ def for_config(config) -> Stats:
           f'{config.input.stats_path} holds a {stats.mean_image.shape} mean image '
           f'but config.input.resize_size={r}; recompute it with alexnet_jax.stats.')
     return stats
-  if config.dataset.source == 'digits':  # small and in memory: compute exactly
-    key = (r, config.input.antialias)
-    if key not in _DIGITS_CACHE:
-      from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-      _DIGITS_CACHE[key] = compute(
-          input_pipeline.stats_images(config, num_images=None),
-          source='computed: digits train split')
-    return _DIGITS_CACHE[key]
+  if config.dataset.source == 'digits' and images is not None:
+    return compute(images(), source='computed: digits train split')
   logging.warning('config.input.stats_path is not set: using the published ImageNet '
                   'mean and PCA constants (run `python -m alexnet_jax.stats`).')
   return published(config)
 
 
+def check_config(config) -> None:
+  """The mean and crop settings of config.input agree."""
+  inp = config.input
+  if inp.mean not in ('image', 'channel', 'none'):
+    raise ValueError(f'config.input.mean={inp.mean!r}; expected image, channel or none.')
+  if inp.mean == 'image' and (inp.random_resized_crop or not inp.central_crop):
+    raise ValueError('config.input.mean="image" needs central_crop=True and '
+                     'random_resized_crop=False (the mean image is of the central '
+                     'R x R crops); use mean="channel" with those.')
+
+
+def for_device(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = None
+               ) -> augment.Stats:
+  """What the device's augmentation needs (alexnet_jax.augment.Stats), resolved once per run.
+
+  Loads or computes statistics only if config.input uses them (a mean or PCA
+  lighting), and logs where they came from once.
+  """
+  check_config(config)
+  inp = config.input
+  if inp.mean == 'none' and inp.pca_lighting <= 0:
+    return augment.make_stats()
+  stats = for_config(config, images)
+  logging.info('Input statistics: %s', stats.source)
+  mean = {'image': stats.mean_image, 'channel': stats.channel_mean.reshape(1, 1, 3),
+          'none': None}[inp.mean]
+  return augment.make_stats(mean, stats.eigval, stats.eigvec)
+
+
 # ------------------------------------------------------------------ command
 # Flags are defined only when this module is the program, so that importing it
-# (input_pipeline does) does not clash with alexnet_jax.main's --config.
+# (train does) does not clash with alexnet_jax.main's --config. The command
+# reads images through input_pipeline (one way: the pipeline does not import
+# this module).
 
 
 def _define_flags():

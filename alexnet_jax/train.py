@@ -1,4 +1,4 @@
-"""Training and evaluation (section 5 optimizer, section 6 evaluation).
+"""Training and evaluation (section 5 optimizer; section 4.1 test patches, section 6 error rates).
 
     train_and_evaluate(config, workdir)
 
@@ -33,6 +33,7 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 
+from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import config_checks
 from alexnet_jax import input_pipeline
@@ -40,6 +41,7 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import resume_policy
 from alexnet_jax import workdir_lock
+from alexnet_jax import stats as stats_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -251,14 +253,20 @@ def step_compiler_options() -> Optional[dict]:
           'xla_cpu_copy_insertion_use_region_analysis': True}
 
 
-def train_step(state: TrainState, batch: dict, *, model: nn.Module,
-               tx: optax.GradientTransformation, rng: jax.Array
-               ) -> tuple[TrainState, dict]:
-  """One SGD step on a global batch. Pure; the dropout key is fold_in(rng, step)."""
+def train_step(state: TrainState, batch: dict, stats: Optional[augment.Stats] = None, *,
+               model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+               pixel_scale: float = 1.0) -> tuple[TrainState, dict]:
+  """One SGD step on a global batch. Pure; the dropout key is fold_in(rng, step).
+
+  With `stats`, batch is the input pipeline's uint8 batch, finished here by
+  augment.train_images (section 4.1); without, batch['image'] is the input.
+  """
   dropout_rng = jax.random.fold_in(rng, state.step)
+  images = (batch['image'] if stats is None
+            else augment.train_images(batch, stats, pixel_scale))  # (B, S, S, 3)
 
   def loss_fn(params):
-    logits = model.apply({'params': params}, batch['image'], train=True,
+    logits = model.apply({'params': params}, images, train=True,
                          rngs={'dropout': dropout_rng})
     return cross_entropy(logits, batch['label']).mean(), logits
 
@@ -278,7 +286,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
 def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
   """Class probabilities; for (B, 10, H, W, 3) inputs the softmax averaged over
-  the ten patches, as in section 6 ("averaging the predictions ... on the ten patches")."""
+  the ten patches, as in section 4.1 ("averaging the predictions ... on the ten patches")."""
   if images.ndim == 5:
     b, n = images.shape[:2]
     logits = model.apply({'params': params}, images.reshape((b * n,) + images.shape[2:]),
@@ -287,9 +295,16 @@ def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Ar
   return jax.nn.softmax(model.apply({'params': params}, images, train=False))
 
 
-def eval_step(params: Any, batch: dict, *, model: nn.Module) -> dict:
-  """Sums over the real (mask=True) examples of a padded batch."""
-  probs = predict_probs(params, batch['image'], model=model)
+def eval_step(params: Any, batch: dict, stats: Optional[augment.Stats] = None, *,
+              model: nn.Module, num_crops: int = 1, pixel_scale: float = 1.0) -> dict:
+  """Sums over the real (mask=True) examples of a padded batch.
+
+  With `stats`, batch['image'] is the pipeline's uint8 batch, cut into
+  `num_crops` patches here (augment.eval_images); without, it is the input.
+  """
+  images = batch['image'] if stats is None else augment.eval_images(
+      batch['image'], stats, models.input_shape(model)[0], num_crops, pixel_scale)
+  probs = predict_probs(params, images, model=model)
   mask = batch['mask'].astype(jnp.float32)
   p_label = jnp.take_along_axis(probs, batch['label'][:, None], axis=-1)[:, 0]
   loss = -jnp.log(jnp.maximum(p_label, 1e-30))
@@ -401,17 +416,16 @@ def _format_eta(seconds: float) -> str:
 def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool) -> dict:
   """Top-1/top-5 error and loss over the whole eval split, each image once."""
   shard, num_shards = parallel.data_shard(sharding.mesh)
-  totals = None
-  for batch in input_pipeline.eval_iterator(
+  batches = parallel.prefetch(input_pipeline.eval_iterator(
       config, batch_size=config.eval.batch_size // num_shards, ten_crop=ten_crop,
-      process_index=shard, process_count=num_shards):
-    sums = eval_fn(params, parallel.global_batch(batch, sharding))
-    sums = jax.device_get(sums)
-    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
-  count = float(totals['count']) if totals is not None else 0.0
+      process_index=shard, process_count=num_shards), sharding, config.dataset.prefetch)
+  # Dispatched without waiting; fetched once at the end.
+  sums = jax.device_get([eval_fn(params, batch) for batch in batches])
+  count = float(sum(float(s['count']) for s in sums))
   if not count:
     raise ValueError(f'The evaluation split {config.dataset.eval_split!r} yielded no images '
                      '(none decoded, or it is empty).')
+  totals = {k: sum(float(s[k]) for s in sums) for k in sums[0]}
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
 
@@ -488,6 +502,16 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
   num_steps = total_steps(config, spe)
   eval_every = max(1, int(round(config.eval.every_epochs * spe)))
 
+  # Section 2 / 4.1 statistics (mean image, PCA), resolved once per run and
+  # passed to the jitted steps, which finish the preprocessing on the device.
+  input_stats = stats_lib.for_device(
+      config, functools.partial(input_pipeline.stats_images, config))
+  stats_sharding = augment.stats_shardings(parallel.replicated(mesh))
+  input_stats = jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
+      input_stats, stats_sharding)
+  pixel_scale = float(config.input.pixel_scale)
+
   # ----------------------------------------------------------------- model
   # Section 3.2: one tower per device on the mesh's 'model' axis (if > 1).
   model = parallel.split_towers(models.create_model(config.model), mesh)
@@ -500,15 +524,24 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
   description = ckpt_lib.describe(config, abstract_state.params)
 
   # ----------------------------------------------------------- update step
-  p_train_step = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, rng=dropout_rng),
-      in_shardings=(state_sharding, data_sharding),
+  jit_train_step = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, rng=dropout_rng,
+                        pixel_scale=pixel_scale),
+      in_shardings=(state_sharding, data_sharding, stats_sharding),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0, compiler_options=step_compiler_options())
-  p_eval_step = jax.jit(functools.partial(eval_step, model=model),
-                        in_shardings=(state_sharding.params, data_sharding),
-                        out_shardings=parallel.replicated(mesh),
-                        compiler_options=step_compiler_options())
+  p_train_step = lambda state, batch: jit_train_step(state, batch, input_stats)
+
+  def jit_eval_step(num_crops):
+    step = jax.jit(functools.partial(eval_step, model=model, num_crops=num_crops,
+                                     pixel_scale=pixel_scale),
+                   in_shardings=(state_sharding.params, data_sharding, stats_sharding),
+                   out_shardings=parallel.replicated(mesh),
+                   compiler_options=step_compiler_options())
+    return lambda params, batch: step(params, batch, input_stats)
+  # Centre crop, and the paper's ten patches (five without reflections).
+  p_eval_steps = {False: jit_eval_step(1),
+                  True: jit_eval_step(augment.num_eval_crops(config.input.flip))}
 
   # ------------------------------------------------------------ checkpoint
   ckpt = ckpt_lib.Checkpointer(str(workdir), every_steps=config.checkpoint_every_steps,
@@ -533,7 +566,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
     crops = [('eval', False)] + ([('eval_multicrop', True)] if config.eval.ten_crop else [])
     for prefix, ten in crops:
       t0 = time.time()
-      m = evaluate(state.params, config, eval_fn=p_eval_step, sharding=data_sharding,
+      m = evaluate(state.params, config, eval_fn=p_eval_steps[ten], sharding=data_sharding,
                    ten_crop=ten)
       results.update({f'{prefix}_{k}': v for k, v in m.items() if k != 'count'})
       logging.info('step %d %s (%d images, %.1fs): loss %.4f, top-1 error %.2f%%, '
@@ -590,14 +623,14 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
       state, last_eval = evaluate_and_update(state, start_step)
       evaluated_step = start_step
 
-    train_iter = input_pipeline.train_iterator(
+    train_iter = parallel.prefetch(input_pipeline.train_iterator(
         config, batch_size=config.batch_size // num_shards, start_step=start_step,
-        process_index=shard, process_count=num_shards)
+        process_index=shard, process_count=num_shards), data_sharding, config.dataset.prefetch)
     history = []
     t_log, steps_since_log = time.time(), 0
     with PreemptionFlag() as preempted:
       for step in range(start_step + 1, num_steps + 1):
-        batch = parallel.global_batch(next(train_iter), data_sharding)
+        batch = next(train_iter)
         state, metrics = p_train_step(state, batch)
         history.append(metrics)
         steps_since_log += 1

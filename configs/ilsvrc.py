@@ -79,9 +79,11 @@ def get_config(arg=None):
   config.input.stats_path = ml_collections.config_dict.placeholder(str)  # from `python -m alexnet_jax.stats`; None = published ImageNet constants
   # Published ImageNet statistics, NOT from the paper: the fallback without a
   # stats_path. Per-channel RGB mean of 0..255 pixels (Caffe/VGG), and the PCA
-  # of the RGB covariance of pixels scaled to [0, 1] (fb.resnet.torch):
-  # eigenvalues, eigenvectors as columns. PCA noise on 0..255 pixels is
-  # 255 * P (alpha * lambda) (alexnet_jax/preprocessing.py).
+  # (fb.resnet.torch): eigenvalues (variances) of the covariance of RGB pixels
+  # scaled to [0, 1], pooled over all pixels of all images -- the convention
+  # `python -m alexnet_jax.stats` computes (the project's 258 ImageNet sample
+  # JPEGs give 0.1992, 0.0165, 0.0037) -- and eigenvectors as columns. PCA
+  # noise on 0..255 pixels is 255 * P (alpha * lambda) (alexnet_jax/augment.py).
   config.input.published_mean_rgb = (123.68, 116.78, 103.94)
   config.input.published_pca_eigval = (0.2175, 0.0188, 0.0045)
   config.input.published_pca_eigvec = ((-0.5675, 0.7192, 0.4009),

@@ -24,171 +24,38 @@ from tests import ilsvrc_fixtures as fx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R, S = 256, 227
-H, W = 300, 420  # the non-square test JPEG: shorter side 300 -> 256
 
 
 # --------------------------------------------------------------------------
-# NumPy reference of section 4.1's geometry
+# Batches: uint8 pixels and the device's parameters (tests/test_augment.py
+# checks the recipe against a NumPy reference)
 # --------------------------------------------------------------------------
-
-
-def np_resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-  """Half-pixel-centre bilinear resize, sample points clamped to the image."""
-  def axis(n_in, n_out):
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    i0 = np.floor(src).astype(int)
-    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
-  y0, y1, wy = axis(x.shape[0], out_h)
-  x0, x1, wx = axis(x.shape[1], out_w)
-  x = x.astype(np.float64)
-  rows = x[y0] * (1 - wy)[:, None, None] + x[y1] * wy[:, None, None]
-  return rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
-
-
-def np_base_image(pixels: np.ndarray, antialias: bool) -> np.ndarray:
-  """Shorter side to R, then the central R x R crop (section 4.1)."""
-  h, w = pixels.shape[:2]
-  rh, rw = round(h * R / min(h, w)), round(w * R / min(h, w))
-  if antialias:  # TF's antialiased kernel is the reference here
-    resized = tf.image.resize(pixels, [rh, rw], antialias=True).numpy()
-  else:
-    resized = np_resize_bilinear(pixels, rh, rw)
-  oy, ox = (rh - R) // 2, (rw - R) // 2
-  return resized[oy:oy + R, ox:ox + R]
-
-
-@pytest.fixture(scope='module')
-def jpeg_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp('jpeg') / 'wide.JPEG'
-  path.write_bytes(fx.jpeg_bytes(fx.smooth_image(np.random.default_rng(1), H, W)))
-  return str(path)
-
-
-def _recipe(**kw):
-  return pp.Recipe(**{'resize_size': R, 'crop_size': S, 'pca_std': 0.0,
-                      'flip': False, **kw})
-
-
-def _find_crop(patch, base):
-  """(oy, ox, flipped) of the S x S crop of base that patch equals, else None."""
-  for flipped in (False, True):
-    target = patch[:, ::-1] if flipped else patch
-    for oy in range(R - S + 1):
-      for ox in range(R - S + 1):
-        probe = base[oy + 100:oy + 104, ox + 100:ox + 104] - target[100:104, 100:104]
-        if (np.abs(probe).max() < 0.05 and
-            np.abs(base[oy:oy + S, ox:ox + S] - target).max() < 0.05):
-          return oy, ox, flipped
-  return None
-
-
-@pytest.mark.parametrize('antialias', [False, True])
-def test_centre_and_ten_crops_match_numpy_reference(jpeg_file, antialias):
-  encoded = tf.io.read_file(jpeg_file)
-  pixels = tf.io.decode_jpeg(encoded, channels=3).numpy()
-  assert pixels.shape == (H, W, 3)
-  base = np_base_image(pixels, antialias)
-  recipe = _recipe(antialias=antialias)
-
-  fused_base, _ = pp.base_image(encoded, R, antialias=antialias)
-  np.testing.assert_allclose(fused_base.numpy(), base, atol=0.05)
-
-  centre = pp.eval_image(encoded, recipe).numpy()
-  c = (R - S) // 2  # 14
-  np.testing.assert_allclose(centre, base[c:c + S, c:c + S], atol=0.05)
-
-  ten = pp.eval_image(encoded, _recipe(antialias=antialias, flip=True), ten_crop=True).numpy()
-  assert ten.shape == (10, S, S, 3)
-  # A recipe that trains without reflections is tested on the five patches only.
-  five = pp.eval_image(encoded, recipe, ten_crop=True).numpy()
-  assert five.shape == (5, S, S, 3)
-  np.testing.assert_allclose(five, ten[:5], atol=1e-4)
-  m = R - S  # 29
-  corners = {'top_left': (0, 0), 'top_right': (0, m), 'bottom_left': (m, 0),
-             'bottom_right': (m, m), 'centre': (c, c)}
-  for i, name in enumerate(pp.TEN_CROP_ORDER):
-    oy, ox = corners[name]
-    crop = base[oy:oy + S, ox:ox + S]
-    np.testing.assert_allclose(ten[i], crop, atol=0.05, err_msg=name)
-    np.testing.assert_allclose(ten[i + 5], crop[:, ::-1], atol=0.05, err_msg=name)
-
-
-def test_random_crops_and_flips_are_crops_of_the_base_image(jpeg_file):
-  encoded = tf.io.read_file(jpeg_file)
-  base = np_base_image(tf.io.decode_jpeg(encoded, channels=3).numpy(), False)
-  recipe = _recipe(flip=True, fast_train_resample=False)  # the exact grid
-  found = [_find_crop(pp.train_image(encoded, tf.constant([7, i], tf.int64),
-                                     recipe).numpy(), base) for i in range(8)]
-  assert None not in found, found
-  assert len({(oy, ox) for oy, ox, _ in found}) > 4           # offsets vary
-  assert {f for _, _, f in found} == {False, True}            # both reflections
-  assert max(max(oy, ox) for oy, ox, _ in found) <= R - S     # inside the image
-  # Same seed, same patch (stateless).
-  a = pp.train_image(encoded, tf.constant([7, 3], tf.int64), recipe)
-  b = pp.train_image(encoded, tf.constant([7, 3], tf.int64), recipe)
-  np.testing.assert_array_equal(a, b)
-
-
-def test_fast_training_patches_are_within_a_pixel_of_exact(jpeg_file):
-  """rounded_window (training default) vs the exact grid, same random draws."""
-  encoded = tf.io.read_file(jpeg_file)
-  for i in range(6):
-    seed = tf.constant([3, i], tf.int64)
-    fast = pp.train_image(encoded, seed, _recipe(flip=True)).numpy()
-    exact = pp.train_image(encoded, seed, _recipe(flip=True, fast_train_resample=False)).numpy()
-    # Same offset and reflection; at most a sub-pixel shift on a smooth image.
-    assert np.abs(fast - exact).mean() < 1.0
-    assert np.abs(fast - exact).max() < 8.0
-  # The digits' 8x8 -> 76 upscaling goes through the same path.
-  digit = tf.constant(np.arange(64, dtype=np.uint8).reshape(8, 8, 1) * 4)
-  recipe = pp.Recipe(resize_size=76, crop_size=67, flip=False, pca_std=0.0)
-  assert pp.train_image(digit, tf.constant([0, 1], tf.int64), recipe).shape == (67, 67, 3)
-
-
-def test_mean_image_is_cut_at_the_crop_offset(jpeg_file):
-  encoded = tf.io.read_file(jpeg_file)
-  mean = np.random.default_rng(0).uniform(0, 255, (R, R, 3)).astype(np.float32)
-  plain = pp.eval_image(encoded, _recipe(flip=True), ten_crop=True).numpy()
-  minus = pp.eval_image(encoded, _recipe(mean=mean, flip=True), ten_crop=True).numpy()
-  m, c = R - S, (R - S) // 2
-  offsets = [(0, 0), (0, m), (m, 0), (m, m), (c, c)]
-  for i, (oy, ox) in enumerate(offsets):
-    cut = mean[oy:oy + S, ox:ox + S]
-    np.testing.assert_allclose(minus[i], plain[i] - cut, atol=1e-3)
-    np.testing.assert_allclose(minus[i + 5], plain[i + 5] - cut[:, ::-1], atol=1e-3)
-
-
-def test_pca_lighting_has_the_covariance_of_the_eigenvalues():
-  """Noise 255 P (alpha * lambda), alpha ~ N(0, 0.1^2): cov = 255^2 P diag(0.1 lambda)^2 P^T."""
-  config = ilsvrc.get_config()
-  eigval = np.asarray(config.input.published_pca_eigval, np.float32)
-  eigvec = np.asarray(config.input.published_pca_eigvec, np.float32)
-  std, n = 0.1, 20_000
-  recipe = pp.Recipe(resize_size=16, crop_size=8, flip=True, pca_std=std,
-                     eigval=eigval, eigvec=eigvec)
-  grey = tf.fill([20, 24, 3], tf.constant(128, tf.uint8))
-  ds = tf.data.Dataset.range(n).map(
-      lambda i: pp.train_image(grey, tf.stack([tf.constant(5, tf.int64), i]),
-                               recipe)[0, 0] - 128.0,
-      num_parallel_calls=tf.data.AUTOTUNE).batch(n)
-  noise = next(iter(ds)).numpy().astype(np.float64)  # (n, 3)
-  expected = 255.0**2 * eigvec @ np.diag((std * eigval)**2) @ eigvec.T
-  assert np.all(np.abs(noise.mean(0)) < 4 * np.sqrt(np.diag(expected) / n))
-  np.testing.assert_allclose(np.cov(noise.T), expected, rtol=0.05,
-                             atol=0.05 * expected.max())
-  # Along the eigenvectors: independent, standard deviation 255 * 0.1 * lambda_i.
-  along = noise @ eigvec
-  np.testing.assert_allclose(along.std(0), 255 * std * eigval, rtol=0.03)
 
 
 def test_random_resized_crop_option():
   config = digits.get_config()
   config.input.random_resized_crop = True
   batch = next(ip.train_iterator(config, batch_size=8))
-  assert batch['image'].shape == (8, 67, 67, 3)
+  assert batch['image'].shape == (8, 67, 67, 3) and batch['image'].dtype == np.uint8
   config.input.mean = 'image'
   with pytest.raises(ValueError, match='central_crop'):
-    ip.make_recipe(config)
+    stats_lib.for_device(config)
+
+
+def test_bytes_per_example_sent_to_the_device(tmp_path):
+  """Section 4.1's 227 patch as uint8 plus 25 bytes of draws; 10-crop: one 256 image."""
+  _write_folder(tmp_path)
+  config = _folder_config(tmp_path, input_size=S, resize=R)
+  train = next(ip.train_iterator(config, batch_size=4))
+  assert {k: (v.dtype, v.shape[1:]) for k, v in train.items()} == {
+      'image': (np.uint8, (S, S, 3)), 'offset': (np.int32, (2,)), 'flip': (bool, ()),
+      'alpha': (np.float32, (3,)), 'label': (np.int32, ())}
+  per_example = lambda b: sum(v[0].nbytes for k, v in b.items() if k != 'mask')
+  assert per_example(train) == 154_612 <= 155_000
+  centre = next(ip.eval_iterator(config, batch_size=4))
+  assert per_example(centre) == S * S * 3 + 4
+  ten = next(ip.eval_iterator(config, batch_size=4, ten_crop=True))
+  assert ten['image'].shape == (4, R, R, 3) and per_example(ten) == R * R * 3 + 4 <= 197_000
 
 
 # --------------------------------------------------------------------------
@@ -273,18 +140,18 @@ def test_folder_source_and_corrupt_files_reported_by_name(tmp_path, caplog):
   it = ip.train_iterator(config, batch_size=5)
   batches = [next(it) for _ in range(8)]  # two passes of 4 steps
   for b in batches:
-    assert b['image'].shape == (5, 67, 67, 3) and b['image'].dtype == np.float32
+    assert b['image'].shape == (5, 67, 67, 3) and b['image'].dtype == np.uint8
     assert np.all(np.abs(b['image']).reshape(5, -1).max(1) > 0)  # no blank image
     assert set(b['label']) <= {0, 1, 2}
   # Resume continues the same stream, corrupt files included.
   resumed = ip.train_iterator(config, batch_size=5, start_step=5)
   for b in batches[5:]:
     r = next(resumed)
-    np.testing.assert_array_equal(r['image'], b['image'])
-    np.testing.assert_array_equal(r['label'], b['label'])
+    for k in b:  # pixels, draws and labels
+      np.testing.assert_array_equal(r[k], b[k], err_msg=k)
 
   evals = list(ip.eval_iterator(config, batch_size=4, ten_crop=True))
-  assert [e['image'].shape for e in evals] == [(4, 10, 67, 67, 3)] * 2
+  assert [e['image'].shape for e in evals] == [(4, 76, 76, 3)] * 2  # the device cuts 10
   mask = np.concatenate([e['mask'] for e in evals])
   assert mask.sum() == 6 and len(mask) == 8  # 7 images, one corrupt, one pad
   labels = np.concatenate([e['label'] for e in evals])[mask]
@@ -336,8 +203,8 @@ def test_resume_continues_the_stream_across_passes():
   for k in (1, 21, 22, 24):
     tail = _take(ip.train_iterator(config, batch_size=b, start_step=k), 26 - k)
     for x, y in zip(full[k:], tail):
-      np.testing.assert_array_equal(x['image'], y['image'])
-      np.testing.assert_array_equal(x['label'], y['label'])
+      for key in x:  # pixels, draws and labels
+        np.testing.assert_array_equal(x[key], y[key], err_msg=key)
   # Passes differ in order and augmentation; each pass has no repeats.
   assert not np.array_equal(full[0]['label'], full[22]['label'])
   other_seed = digits.get_config()
@@ -412,11 +279,11 @@ def test_stats_command_and_config(tmp_path):
 
   config = _folder_config(tmp_path / 'data')
   config.input.stats_path = str(out)
-  recipe = ip.make_recipe(config)
-  np.testing.assert_allclose(recipe.mean.reshape(3), stats.channel_mean)
+  device = stats_lib.for_device(config)
+  np.testing.assert_allclose(np.reshape(device.mean, 3), stats.channel_mean)
   config.input.resize_size = 80
   with pytest.raises(ValueError, match='resize_size'):
-    ip.make_recipe(config)
+    stats_lib.for_device(config)
   # Without a file: the published constants, named as such.
   config = ilsvrc.get_config()
   published = stats_lib.for_config(config)

@@ -160,10 +160,14 @@ def test_topk_errors():
 # --------------------------------------------------------------------------
 
 
-def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path):
+def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path, monkeypatch):
   config = tiny_config()
+  resolved = []  # input statistics: resolved once per run, not per evaluation
+  for_config = train.stats_lib.for_config
+  monkeypatch.setattr(train.stats_lib, 'for_config',
+                      lambda *a, **k: resolved.append(1) or for_config(*a, **k))
   state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 12
+  assert int(state.step) == 12 and len(resolved) == 1
   final = json.loads((tmp_path / 'final_metrics.json').read_text())
   assert final['step'] == 12
   for k in ('eval_top1_error', 'eval_top5_error', 'eval_multicrop_top1_error', 'train_loss',
@@ -174,7 +178,10 @@ def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path):
   # Eval counts each of the 360 digits once despite the padded last batch.
   model = train.models.create_model(config.model)
   mesh = train.parallel.make_mesh((-1, 1))
-  eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, model=model))
+  stats = train.stats_lib.for_device(  # uint8 batches, finished on the device
+      config, lambda: train.input_pipeline.stats_images(config))
+  eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, stats, model=model,
+                                                 pixel_scale=config.input.pixel_scale))
   m = train.evaluate(state.params, config, eval_fn=eval_fn,
                      sharding=train.parallel.batch_sharding(mesh), ten_crop=False)
   assert m['count'] == 360
