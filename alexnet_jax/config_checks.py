@@ -6,8 +6,7 @@
 Each problem names the key, the bad value and the fix. `unknown_keys` answers
 a mistyped `--config.KEY` with the closest existing keys, as absl does for
 mistyped flags. The allowed names come from the code that uses them
-(models.PRESETS, train.SCHEDULES, data_sources.SOURCES, ...); `MEAN_MODES`
-is defined here because its consumer (input_pipeline) has no registry.
+(models.PRESETS, train.SCHEDULES, data_sources.SOURCES, stats.MEAN_MODES, ...).
 """
 
 import difflib
@@ -16,8 +15,6 @@ import numbers
 import os
 import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
-
-MEAN_MODES = ('image', 'channel', 'none')
 
 
 class ConfigError(ValueError):
@@ -171,6 +168,7 @@ def validate(config, *, num_devices: Optional[int] = None,
   # Imported here: train imports this module.
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import stats as stats_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   problems = []
 
@@ -210,7 +208,7 @@ def validate(config, *, num_devices: Optional[int] = None,
       data_sources.source_name(config)
     except ValueError as e:
       problems.append(str(e))
-  one_of('input.mean', MEAN_MODES)
+  one_of('input.mean', stats_lib.MEAN_MODES)
   positive_int('dataset.shuffle_buffer')
   positive_int('dataset.prefetch', 0)
   positive_int('dataset.threads', 0)

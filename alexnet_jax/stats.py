@@ -44,6 +44,8 @@ import numpy as np
 
 from alexnet_jax import augment
 
+MEAN_MODES = ('image', 'channel', 'none')  # config.input.mean
+
 
 @dataclasses.dataclass(frozen=True)
 class Stats:
@@ -140,8 +142,8 @@ def for_config(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = No
 def check_config(config) -> None:
   """The mean and crop settings of config.input agree."""
   inp = config.input
-  if inp.mean not in ('image', 'channel', 'none'):
-    raise ValueError(f'config.input.mean={inp.mean!r}; expected image, channel or none.')
+  if inp.mean not in MEAN_MODES:
+    raise ValueError(f'config.input.mean={inp.mean!r}; expected one of {MEAN_MODES}.')
   if inp.mean == 'image' and (inp.random_resized_crop or not inp.central_crop):
     raise ValueError('config.input.mean="image" needs central_crop=True and '
                      'random_resized_crop=False (the mean image is of the central '
