@@ -746,3 +746,23 @@ def stats_images(config, num_images: Optional[int] = None,
                'statistics')
     if values is not None:
       yield values['image'][present]
+
+
+# --------------------------------------------------------------------------
+# Class names (saved in the workdir; read by predict and figures)
+# --------------------------------------------------------------------------
+
+
+def class_names(config) -> List[str]:
+  """The names of class ids 0..K-1: digits '0'..'9', the folder source's train
+  sub-directories (sorted, as their ids), a tfds dataset's label names."""
+  ds = config.dataset
+  if ds.source == 'digits':
+    return [str(i) for i in range(10)]
+  if ds.source == 'folder':
+    train_dir = _folder_dir(ds.folder, ds.train_split)
+    return sorted(c.rstrip('/') for c in tf.io.gfile.listdir(train_dir)
+                  if tf.io.gfile.isdir(os.path.join(train_dir, c)))
+  if ds.source == 'tfds':
+    return list(_tfds_builder(ds).info.features[ds.label_key].names)
+  raise ValueError(f'config.dataset.source={ds.source!r}; expected tfds, folder or digits.')

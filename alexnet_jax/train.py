@@ -316,6 +316,17 @@ def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
 
+def init_params_from(config, fresh: Any) -> Any:
+  """config.init_from's parameters, with the layers in config.init_reinit (e.g.
+  fc8 for a new class count) kept at their fresh initialization."""
+  loaded, _, step = ckpt_lib.load_params(config.init_from)
+  reinit = tuple(config.get('init_reinit') or ())
+  params = ckpt_lib.merge_params(jax.device_get(fresh), loaded, reinit, config.init_from)
+  logging.info('Initialized from %s (step %d)%s.', config.init_from, step,
+               f'; re-initialized {list(reinit)}' if reinit else '')
+  return params
+
+
 # --------------------------------------------------------------------------
 # train_and_evaluate
 # --------------------------------------------------------------------------
@@ -351,6 +362,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if info.num_classes != config.model.num_classes:
     raise ValueError(f'The dataset has {info.num_classes} classes but '
                      f'config.model.num_classes={config.model.num_classes}.')
+  if is_main:  # For predict and figures: the names of the class ids.
+    (workdir / 'class_names.json').write_text(json.dumps(input_pipeline.class_names(config)))
   # The same epoch length as the input stream's (it drops each pass's remainder).
   spe = input_pipeline.steps_per_epoch(info.num_train, config.batch_size)
   num_steps = total_steps(config, spe)
@@ -389,6 +402,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   else:
     state = jax.jit(functools.partial(create_train_state, model=model, tx=tx),
                     out_shardings=state_sharding)(init_rng)
+    if config.get('init_from'):  # Fine-tune: another run's parameters (not its optimizer).
+      state = jax.device_put(state.replace(params=init_params_from(config, state.params)),
+                             state_sharding)
   start_step = int(state.step)
   if is_main:
     n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))

@@ -139,6 +139,15 @@ def get_config(arg=None):
   # ------------------------------------------------------- parallelism
   config.mesh = (-1, 1)                  # (data, model); model=2 puts one tower per device
 
+  # ----------------------------------------------------------- fine-tuning
+  # Start a new run from another run's parameters: a workdir (its latest
+  # checkpoint), its best/ directory or a checkpoint step directory, e.g. one
+  # written by alexnet_jax.convert. Layers named in init_reinit keep their
+  # fresh initialization (fc8 for a new class count). A workdir that has its own
+  # checkpoint resumes from it instead.
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  config.init_reinit = ()
+
   if arg == 'runlocal':
     config.batch_size = 8
     config.eval.batch_size = 8

@@ -1,0 +1,149 @@
+"""The tools around a trained run: predict, fine-tuning (init_from), ensembles.
+
+One module-scoped fixture trains two short digits runs (seeds 0 and 1) in
+process; the tests query them against independent references (the model
+applied by hand, NumPy averages).
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import input_pipeline
+from alexnet_jax import models
+from alexnet_jax import predict
+from alexnet_jax import train
+from tests.test_train import tiny_config
+
+
+def _digits_config(seed, **overrides):
+  config = tiny_config(seed=seed, **overrides)
+  config.eval.every_epochs = 100.0   # evaluate once, at the end
+  config.eval.ten_crop = False
+  return config
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('runs')
+  for seed in (0, 1):
+    train.train_and_evaluate(_digits_config(seed), str(root / f'seed{seed}'))
+  return root
+
+
+@pytest.fixture(scope='module')
+def digit_files(tmp_path_factory):
+  """Four eval digits as real PNG files, named by their labels."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  d = datasets.load_digits()
+  folder = tmp_path_factory.mktemp('digits')
+  for i in range(len(d.target) - 4, len(d.target)):
+    Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(
+        folder / f'{i}_label{d.target[i]}.png')
+  return folder
+
+
+# --------------------------------------------------------------------------
+# class names and predict
+# --------------------------------------------------------------------------
+
+
+def test_class_names_are_written_at_training_time(runs):
+  names = json.loads((runs / 'seed0' / 'class_names.json').read_text())
+  assert names == [str(i) for i in range(10)]
+
+
+def test_class_names_of_a_folder_source_are_its_sorted_subdirectories(tmp_path):
+  for c in ('zebra', 'ant', 'moth'):
+    (tmp_path / 'train' / c).mkdir(parents=True)
+  config = tiny_config()
+  config.dataset.source, config.dataset.folder = 'folder', str(tmp_path)
+  assert input_pipeline.class_names(config) == ['ant', 'moth', 'zebra']
+
+
+@pytest.mark.parametrize('ten_crop', [False, True])
+def test_predict_matches_the_model_applied_by_hand(runs, digit_files, ten_crop):
+  workdir = str(runs / 'seed0')
+  result = predict.predict(workdir, [str(digit_files)], ten_crop=ten_crop)
+  files = sorted(str(digit_files / f) for f in os.listdir(digit_files))
+  assert result['files'] == files and result['step'] == 12
+  # Reference: the saved parameters and the run's eval recipe, softmax by NumPy.
+  config = predict.load_config(workdir)
+  params, _, _ = ckpt_lib.load_params(workdir)
+  images = predict.eval_images(config, files, ten_crop)
+  assert images.shape == ((4, 5, 67, 67, 3) if ten_crop else (4, 67, 67, 3))
+  model = models.create_model(config.model)
+  logits = np.asarray(model.apply({'params': params}, images.reshape((-1, 67, 67, 3))),
+                      np.float64)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p = (p / p.sum(-1, keepdims=True)).reshape(4, -1, 10).mean(1)
+  for row, preds in zip(p, result['predictions']):
+    order = np.argsort(-row)[:5]
+    assert [d['class'] for d in preds] == order.tolist()
+    assert [d['name'] for d in preds] == [str(c) for c in order]
+    np.testing.assert_allclose([d['probability'] for d in preds], row[order], rtol=1e-4)
+
+
+def test_predict_command_prints_top5_and_writes_json(runs, digit_files, tmp_path):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.predict', f'--workdir={runs / "seed0"}',
+       '--checkpoint=best', f'--output_dir={tmp_path}', str(digit_files)],
+      capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
+          os.path.abspath(__file__))), env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.stdout.count('  5. ') == 4, out.stdout
+  saved = json.loads((tmp_path / 'predictions.json').read_text())
+  assert saved['checkpoint'] == 'best' and len(saved['predictions']) == 4
+
+
+def test_predict_names_a_missing_file(runs):
+  with pytest.raises(FileNotFoundError, match='nope.png'):
+    predict.predict(str(runs / 'seed0'), ['/nonexistent/nope.png'])
+
+
+# --------------------------------------------------------------------------
+# init_from: fine-tuning from another run
+# --------------------------------------------------------------------------
+
+
+def _tree(**layers):
+  return {k: {'kernel': np.full(s, v, np.float32), 'bias': np.full(s[-1:], v, np.float32)}
+          for k, (s, v) in layers.items()}
+
+
+def test_merge_params_takes_saved_layers_and_reinitializes_named_ones():
+  fresh = _tree(conv1=((3, 4), 0.0), fc8=((4, 5), 0.0))
+  loaded = _tree(conv1=((3, 4), 1.0), fc8=((4, 10), 1.0))
+  merged = ckpt_lib.merge_params(fresh, loaded, ('fc8',))
+  assert (merged['conv1']['kernel'] == 1).all() and (merged['fc8']['kernel'] == 0).all()
+  with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                     match=r"(?s)fc8.*checkpoint \[4, 10\] vs model \[4, 5\].*init_reinit"):
+    ckpt_lib.merge_params(fresh, loaded)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match='not layers of this model'):
+    ckpt_lib.merge_params(fresh, loaded, ('fc9',))
+
+
+def test_init_from_starts_from_the_runs_params_and_resumes_its_own(runs, tmp_path):
+  source = str(runs / 'seed0')
+  # lr ~ 0: the one step keeps the parameters, so they show where the run started.
+  config = _digits_config(1, num_train_steps=1, init_from=source, init_reinit=('fc8',))
+  config.optimizer.learning_rate = 1e-12
+  train.train_and_evaluate(config, str(tmp_path / 'ft'))
+  got, _, step = ckpt_lib.load_params(str(tmp_path / 'ft'))
+  want, _, _ = ckpt_lib.load_params(source)
+  assert step == 1
+  for layer in want:
+    same = np.allclose(got[layer]['kernel'], want[layer]['kernel'], atol=1e-6)
+    assert same == (layer != 'fc8'), layer
+  # A resume of the fine-tune run restores its own checkpoint, not init_from's.
+  config.num_train_steps = 2
+  config.init_from = str(runs / 'seed1')
+  train.train_and_evaluate(config, str(tmp_path / 'ft'))
+  resumed, _, step = ckpt_lib.load_params(str(tmp_path / 'ft'))
+  assert step == 2
+  np.testing.assert_allclose(resumed['conv1']['kernel'], want['conv1']['kernel'], atol=1e-6)
