@@ -495,27 +495,69 @@ PRESETS = {
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
+def _paper_defaults() -> dict:
+  """AlexNet's field defaults: the paper's values, which every config carries."""
+  return {k: f.default for k, f in AlexNet.__dataclass_fields__.items()
+          if k not in ('parent', 'name')}
+
+
+def resolve_model_kwargs(name: str, kwargs: dict) -> dict:
+  """config.model's keys for preset `name`: the preset owns what it fixes.
+
+  A key whose value is only the paper's AlexNet default (what configs/ilsvrc.py
+  and the configs built on it carry) gives way to the preset: its own widths
+  (alexnet_tiny) or no such field at all (torchvision and figure1 take no LRN,
+  towers, ... keys). A key set to anything else that the preset fixes
+  differently, or does not take, is refused with the keys named.
+  """
+  if name not in PRESETS:
+    raise ValueError(f'Unknown model {name!r}; choose one of {sorted(PRESETS)}.')
+  preset = PRESETS[name]
+  cls = getattr(preset, 'func', preset)
+  fixed = dict(getattr(preset, 'keywords', {}))
+  fields = {f for f in cls.__dataclass_fields__ if f not in ('parent', 'name')}
+  paper = _paper_defaults()
+
+  norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
+  is_paper = lambda k, v: k in paper and norm(v) == norm(paper[k])
+  out, conflicts, unknown = {}, [], []
+  for k, v in kwargs.items():
+    if k in fixed and norm(v) != norm(fixed[k]):
+      if not is_paper(k, v):
+        conflicts.append(f'{k}={v!r} (preset: {fixed[k]!r})')
+      continue
+    if k not in fields:
+      if not is_paper(k, v):
+        unknown.append(k)
+      continue
+    out[k] = v
+  if conflicts:
+    raise ValueError(
+        f'config.model sets {", ".join(conflicts)}, which preset {name!r} fixes. '
+        f'Set them to the preset\'s values, or use --config.model.name=alexnet with yours.')
+  if unknown:
+    raise ValueError(f'config.model has keys {sorted(unknown)} that model {name!r} does '
+                     f'not take; its fields are {sorted(fields)}.')
+  return out
+
+
 def create_model(model_config) -> nn.Module:
   """Builds a model from ``config.model`` (a ConfigDict or dict).
 
   ``name`` picks a preset; every other key is a field of that module, so any
   field is overridable from the command line (``--config.model.lrn=False``).
+  Keys that only carry the paper's AlexNet values give way to a preset's own
+  (``resolve_model_kwargs``), so ``--config.model.name=alexnet_tiny`` or
+  ``=torchvision`` work on configs/ilsvrc.py.
   """
   kwargs = dict(model_config)
   name = kwargs.pop('name', 'alexnet')
-  if name not in PRESETS:
-    raise ValueError(f'Unknown model {name!r}; choose one of {sorted(PRESETS)}.')
+  kwargs = resolve_model_kwargs(name, kwargs)
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = _DTYPES[kwargs['dtype']]
   if isinstance(kwargs.get('param_dtype'), str):
     kwargs['param_dtype'] = _DTYPES[kwargs['param_dtype']]
-  cls = PRESETS[name]
-  fields = getattr(cls, 'func', cls).__dataclass_fields__
-  unknown = sorted(set(kwargs) - set(fields))
-  if unknown:
-    raise ValueError(f'config.model has keys {unknown} that model {name!r} does '
-                     f'not take; its fields are {sorted(f for f in fields if f not in ("parent", "name"))}.')
-  return cls(**kwargs)
+  return PRESETS[name](**kwargs)
 
 
 def input_shape(model: nn.Module) -> tuple:

@@ -407,6 +407,33 @@ def test_unknown_activation_and_model_keys_fail():
     models.create_model({'name': 'alexnet', 'lrn_size': 5})
 
 
+def test_presets_own_their_widths_and_refuse_conflicts():
+  # configs/ilsvrc.py carries the paper's widths: the preset's own replace them.
+  from configs import digits, ilsvrc  # pylint: disable=g-import-not-at-top
+  config = ilsvrc.get_config()
+  config.model.name = 'alexnet_tiny'
+  model = models.create_model(config.model)
+  assert (model.conv_features, model.fc_features) == ((8, 16, 24, 24, 16), 64)
+  assert summary.param_count(model) < 200_000
+  # Widths set to something else (configs/digits.py's) conflict: refused, named.
+  config = digits.get_config()
+  config.model.name = 'alexnet_tiny'
+  with pytest.raises(ValueError, match=r'conv_features=\(32, 64.*alexnet_tiny'):
+    models.create_model(config.model)
+
+
+def test_torchvision_from_the_ilsvrc_config():
+  # The AlexNet-only keys (towers, lrn, ...) at the paper's values are dropped.
+  from configs import ilsvrc, torchvision  # pylint: disable=g-import-not-at-top
+  config = ilsvrc.get_config()
+  config.model.name = 'torchvision'
+  assert summary.param_count(models.create_model(config.model)) == TORCHVISION_PARAMS
+  config.model.lrn = False  # Not the paper's value: a key torchvision does not take.
+  with pytest.raises(ValueError, match=r"\['lrn'\].*'torchvision'"):
+    models.create_model(config.model)
+  assert summary.param_count(models.create_model(torchvision.get_config().model)) == TORCHVISION_PARAMS
+
+
 # --------------------------------------------------------------------------
 # alexnet_jax.summary
 # --------------------------------------------------------------------------
