@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -156,6 +157,14 @@ def predict(workdir: str, paths: Sequence[str], *, checkpoint: str = 'latest',
           'text': format_predictions(files, tops)}
 
 
+def quiet_logs() -> None:
+  """For the command-line tools: warnings and errors only, no orbax chatter."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_logger().addFilter(
+      lambda r: r.levelno >= logging.ERROR or 'orbax' not in r.pathname)
+
+
 def define_flags():
   flags.DEFINE_string('workdir', None, 'A training run (or alexnet_jax.convert output).')
   flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
@@ -170,6 +179,7 @@ def define_flags():
 def main(argv: Sequence[str]) -> None:
   if len(argv) < 2:
     raise app.UsageError('Give one or more image files or folders.')
+  quiet_logs()
   result = predict(flags.FLAGS.workdir, argv[1:], checkpoint=flags.FLAGS.checkpoint,
                    ten_crop=flags.FLAGS.ten_crop, k=flags.FLAGS.top_k)
   print(f'{result["workdir"]} step {result["step"]} ({result["checkpoint"]}), '

@@ -371,9 +371,24 @@ def test_figure1_preset_shapes_and_params():
   params, shapes = _abstract(model)
   assert shapes == {'conv1': (32, 32, 32), 'pool1': (16, 16, 32),
                     'conv2': (16, 16, 32), 'pool2': (8, 8, 32),
-                    'conv3': (8, 8, 64), 'pool3': (4, 4, 64), 'fc4': (10,)}
+                    'conv3': (8, 8, 64), 'pool3': (4, 4, 64), 'fc4': (64,), 'fc5': (10,)}
   assert _count(params) == (_conv_params(5, 3, 32) + _conv_params(5, 32, 32)
-                            + _conv_params(5, 32, 64) + 4 * 4 * 64 * 10 + 10)
+                            + _conv_params(5, 32, 64) + 4 * 4 * 64 * 64 + 64 + 64 * 10 + 10)
+
+
+def test_figure1_init_follows_layers_80sec():
+  # initW (the std of the Gaussian) of cuda-convnet's layers-80sec.cfg; biases 0.
+  params = models.Figure1Net().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  for name, std in (('conv1', 1e-4), ('conv2', 1e-2), ('conv3', 1e-2), ('fc4', 0.1), ('fc5', 0.1)):
+    k = np.asarray(params[name]['kernel'])
+    assert abs(k.std() / std - 1) < 0.15, name
+    assert not np.asarray(params[name]['bias']).any()
+  # tanh is far from saturation at init on 0-255 mean-subtracted pixels: the
+  # first tanh units (after pool1) stay in its linear range.
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 60, (4, 32, 32, 3)), jnp.float32)
+  _, state = models.Figure1Net(activation='tanh').apply(
+      {'params': params}, x, mutable=['intermediates'])
+  assert np.abs(np.asarray(state['intermediates']['pool1'][0])).max() < 0.5
 
 
 @pytest.mark.parametrize('activation,fn', [('relu', ref.relu), ('tanh', np.tanh)])

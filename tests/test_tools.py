@@ -147,3 +147,70 @@ def test_init_from_starts_from_the_runs_params_and_resumes_its_own(runs, tmp_pat
   resumed, _, step = ckpt_lib.load_params(str(tmp_path / 'ft'))
   assert step == 2
   np.testing.assert_allclose(resumed['conv1']['kernel'], want['conv1']['kernel'], atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Ensembles (Table 2) and the report's ensembles and learning curves
+# --------------------------------------------------------------------------
+
+
+def test_ensemble_averages_the_members_softmax(runs, tmp_path):
+  from alexnet_jax import ensemble  # pylint: disable=g-import-not-at-top
+  workdirs = [str(runs / 'seed0'), str(runs / 'seed1')]
+  result = ensemble.evaluate(workdirs)
+  # Reference: each member on the 360 eval digits, softmax averaged by NumPy.
+  probs = []
+  for w in workdirs:
+    run = predict.load_run(w)
+    images, labels = [], []
+    for batch in input_pipeline.eval_iterator(run.config, batch_size=128):
+      images.append(batch['image'][batch['mask']])
+      labels.append(batch['label'][batch['mask']])
+    logits = np.asarray(run.model.apply({'params': run.params}, np.concatenate(images)),
+                        np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    probs.append(p / p.sum(-1, keepdims=True))
+  labels = np.concatenate(labels)
+  error = lambda p: float(np.mean(p.argmax(-1) != labels))
+  assert result['num_images'] == 360
+  for m, p in zip(result['members'], probs):
+    assert m['top1_error'] == pytest.approx(error(p), abs=1e-9)
+  assert result['ensemble']['top1_error'] == pytest.approx(error(sum(probs) / 2), abs=1e-9)
+  table = ensemble.markdown(result)
+  assert '| paper, ILSVRC-2012 val: 5 CNNs | | 38.1 | 16.4 |' in table
+  ensemble.write(result, str(tmp_path / 'ens'))
+  assert ensemble.find_results([str(tmp_path)]) == [str(tmp_path / 'ens' / 'ensemble.json')]
+
+
+def test_ensemble_refuses_members_of_different_datasets(runs, tmp_path):
+  from alexnet_jax import ensemble  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  other = tmp_path / 'other'
+  shutil.copytree(runs / 'seed1', other)
+  config = json.loads((other / 'config.json').read_text())
+  config['dataset']['source'] = 'folder'
+  (other / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(ValueError, match='one dataset'):
+    ensemble.evaluate([str(runs / 'seed0'), str(other)])
+
+
+def test_report_lists_ensembles_and_draws_learning_curves(runs, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import report  # pylint: disable=g-import-not-at-top
+  sweep = tmp_path / 'sweep'
+  for name in ('seed0', 'seed1'):
+    shutil.copytree(runs / name, sweep / name)
+  (sweep / 'ens').mkdir()
+  (sweep / 'ens' / 'ensemble.json').write_text(json.dumps({
+      'crops': 'centre', 'ensemble': {'models': 2, 'top1_error': 0.25, 'top5_error': 0.05},
+      'members': [{'top1_error': 0.3, 'top5_error': 0.1}, {'top1_error': 0.4, 'top5_error': 0.0}]}))
+  text = report.ensembles_markdown([str(sweep)])
+  assert f'| {sweep / "ens"} | 2 | centre | 25.00 / 5.00 | 35.00 / 5.00 |' in text
+  scalars = report.read_scalars(str(sweep / 'seed0'))
+  # tiny_config logs every 4 steps and evaluates at the end (step 12).
+  assert [s for s, _ in scalars['train_top1_error']] == [4, 8, 12]
+  assert [s for s, _ in scalars['eval_top1_error']] == [12]
+  row = report.load_row(sweep / 'seed0')
+  png = report.plot_curves(row, str(tmp_path / 'curves' / 'seed0.png'))
+  with Image.open(png) as im:
+    assert im.size == (600, 360)
