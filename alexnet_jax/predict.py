@@ -162,7 +162,7 @@ def quiet_logs() -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_logger().addFilter(
-      lambda r: r.levelno >= logging.ERROR or 'orbax' not in r.pathname)
+      lambda r: r.levelno >= logging.logging.ERROR or 'orbax' not in r.pathname)
 
 
 def define_flags():

@@ -214,3 +214,75 @@ def test_report_lists_ensembles_and_draws_learning_curves(runs, tmp_path):
   png = report.plot_curves(row, str(tmp_path / 'curves' / 'seed0.png'))
   with Image.open(png) as im:
     assert im.size == (600, 360)
+
+
+# --------------------------------------------------------------------------
+# Figures 1, 3 and 4
+# --------------------------------------------------------------------------
+
+
+def test_fig3_lays_out_each_towers_kernels_on_its_own_rows(runs, tmp_path):
+  from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
+  kernel = np.random.default_rng(0).normal(size=(11, 11, 3, 96))
+  mosaic = figures.kernel_mosaic(kernel, towers=2, cols=16)
+  # 3 rows of 16 per tower, 1 px gaps, 4 px between the towers.
+  assert mosaic.shape == (2 * 3 * 12 + 4, 16 * 12, 3)
+  for c, (y, x) in {0: (0, 0), 17: (12, 12), 47: (24, 180), 48: (40, 0), 95: (64, 180)}.items():
+    k = kernel[..., c]
+    np.testing.assert_allclose(mosaic[y:y + 11, x:x + 11], (k - k.min()) / (k.max() - k.min()))
+  result = figures.fig3(str(runs / 'seed0'), str(tmp_path))
+  assert result['towers'] == 2 and result['kernels'] == 8
+  with Image.open(result['png']) as im:
+    assert im.size[0] >= 400
+
+
+def test_fig4_neighbours_are_nearest_in_fc7_after_relu(runs, tmp_path):
+  from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
+  run = predict.load_run(str(runs / 'seed0'))
+  images, labels = figures.train_images(run.config, 100)
+  assert images.shape == (64, 67, 67, 3)  # whole batches of the training order
+  # Independent route to fc7 after ReLU: pool5 (sown) through fc6, fc7 in NumPy.
+  _, state = run.model.apply({'params': run.params}, images, mutable=['intermediates'])
+  x = np.asarray(state['intermediates']['pool5'][0], np.float64).reshape(len(images), -1)
+  p = {k: {n: np.asarray(v, np.float64) for n, v in run.params[k].items()} for k in ('fc6', 'fc7')}
+  x = np.maximum(x @ p['fc6']['kernel'] + p['fc6']['bias'], 0)
+  want = np.maximum(x @ p['fc7']['kernel'] + p['fc7']['bias'], 0)
+  got = figures.last_hidden(run, images)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+  idx, dist = figures.nearest(got[:3], got, 4)
+  assert (idx[:, 0] == np.arange(3)).all() and np.allclose(dist[:, 0], 0, atol=1e-3)
+  brute = np.linalg.norm(want[:3, None] - want[None], axis=-1)
+  np.testing.assert_allclose(dist, np.sort(brute, 1)[:, :4], rtol=1e-3, atol=1e-3)
+  result = figures.fig4(str(runs / 'seed0'), str(tmp_path), num_queries=2, neighbours=3,
+                        num_train=100)
+  saved = json.loads((tmp_path / 'fig4.json').read_text())
+  assert [len(q['neighbours']) for q in saved['queries']] == [3, 3]
+  assert len(saved['queries'][0]['top5']) == 5 and saved['layer'] == 'fc7'
+  assert os.path.getsize(result['png']) > 5000
+
+
+def test_fig1_on_digits_says_which_data_and_finds_the_25_percent_epoch(tmp_path):
+  from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
+  assert figures.first_epoch_below([(1, 0.5), (2, 0.25), (3, 0.1)], 0.25) == 2
+  assert figures.first_epoch_below([(1, 0.5)], 0.25) is None
+  result = figures.fig1(str(tmp_path), data='digits', epochs=2, threshold=0.9)
+  assert 'digits' in result['data'] and 'stand-in' in result['data']
+  for act in ('relu', 'tanh'):
+    run = result['runs'][act]
+    assert [e for e, _ in run['curve']] == [1.0, 2.0]
+    assert run['epoch_to_threshold'] == figures.first_epoch_below(run['curve'], 0.9)
+    config = predict.load_config(run['workdir'])
+    assert config.model.name == 'figure1' and config.model.activation == act
+    assert config.optimizer.weight_decay == 0 and config.input.mean == 'image'
+  assert 'Figure 1 data: scikit-learn digits' in figures.format_fig1(result)
+  assert os.path.exists(tmp_path / 'fig1.png') and os.path.exists(tmp_path / 'fig1.json')
+
+
+@pytest.mark.parametrize('module,flag', [('predict', '--ten_crop'), ('figures', '--train_images'),
+                                         ('ensemble', '--workdirs'), ('report', '--curves_dir')])
+def test_commands_have_help(module, flag):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, '-m', f'alexnet_jax.{module}', '--help'],
+                       capture_output=True, text=True, cwd=root)
+  assert flag in out.stdout, out.stdout + out.stderr
