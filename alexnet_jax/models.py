@@ -293,9 +293,10 @@ class AlexNet(nn.Module):
   lrn_bias: float = 2.0       # k
   lrn_alpha: float = 1e-4
   lrn_beta: float = 0.75
-  # False: windows span all N maps of the layer (the formula's N); True: stop at
-  # the tower boundary, as the paper's per-GPU normalization did.
-  lrn_per_tower: bool = False
+  # True: windows stop at the tower boundary, as on the paper's GPUs, which
+  # "communicate only in certain layers" (section 3.2: conv3 and the FC layers);
+  # False: windows span all N maps of the layer.
+  lrn_per_tower: bool = True
   lrn_impl: str = 'auto'
   # Section 3.4: overlapping pooling z=3, s=2; z=s=2 is the ablation.
   pool_window: int = 3

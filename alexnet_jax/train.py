@@ -1,4 +1,5 @@
-"""Training and evaluation (section 5 optimizer, section 6 evaluation).
+"""Training and evaluation (section 5 optimizer; top-1/top-5 error as defined in
+section 2, the ten test patches of section 4.1).
 
     train_and_evaluate(config, workdir)
 
@@ -189,7 +190,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def topk_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-example top-1 and top-5 error (0/1), as the paper reports (section 6)."""
+  """Per-example top-1 and top-5 error (0/1), as section 2 defines them."""
   top5 = jax.lax.top_k(scores, min(5, scores.shape[-1]))[1]
   hit = top5 == labels[:, None]
   return 1.0 - hit[:, 0].astype(jnp.float32), 1.0 - hit.any(-1).astype(jnp.float32)
@@ -237,7 +238,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
 def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
   """Class probabilities; for (B, 10, H, W, 3) inputs the softmax averaged over
-  the ten patches, as in section 6 ("averaging the predictions ... on the ten patches")."""
+  the ten patches, as in section 4.1 ("averaging the predictions ... on the ten patches")."""
   if images.ndim == 5:
     b, n = images.shape[:2]
     logits = model.apply({'params': params}, images.reshape((b * n,) + images.shape[2:]),

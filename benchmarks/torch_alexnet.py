@@ -52,7 +52,7 @@ class TorchAlexNet(nn.Module):
                fc_features: int = 4096, input_size: int = 227,
                conv1_padding=None, lrn: bool = True, lrn_depth_radius: int = 2,
                lrn_bias: float = 2.0, lrn_alpha: float = 1e-4,
-               lrn_beta: float = 0.75, lrn_per_tower: bool = False,
+               lrn_beta: float = 0.75, lrn_per_tower: bool = True,
                pool_window: int = 3, pool_stride: int = 2,
                activation: str = 'relu', dropout_rate: float = 0.5,
                remove_conv: int = 0):

@@ -37,7 +37,8 @@ def nchw_alexnet(arrays, images_nchw, towers=2):
   """The paper's AlexNet on NCHW images from Caffe-layout arrays, eval mode, float64."""
   a = {k: np.asarray(v, np.float64) for k, v in arrays.items()}
   nhwc = lambda f: lambda x: f(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-  lrn, pool = nhwc(numpy_alexnet.lrn), nhwc(numpy_alexnet.max_pool)
+  lrn = nhwc(lambda x: numpy_alexnet.lrn(x, groups=towers))  # Per tower (the default).
+  pool = nhwc(numpy_alexnet.max_pool)
   relu = numpy_alexnet.relu
   x = np.asarray(images_nchw, np.float64)
   x = pool(lrn(relu(conv_nchw(x, a['conv1.weight'], a['conv1.bias'], stride=4))))

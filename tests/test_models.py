@@ -240,6 +240,7 @@ def test_lrn_keeps_low_precision_dtype():
     (227, 2, {}),
     (224, 2, {'grouped_conv_impl': 'feature_group', 'lrn_impl': 'reduce_window'}),
     (227, 1, {}),
+    (227, 2, {'lrn_per_tower': False}),
 ])
 def test_forward_matches_numpy_reference(input_size, towers, impls, paper_variables):
   model = models.AlexNet(input_size=input_size, towers=towers, **impls)
@@ -248,7 +249,8 @@ def test_forward_matches_numpy_reference(input_size, towers, impls, paper_variab
   images = _images(input_size, batch_size=2, seed=input_size + towers)
   got = np.asarray(model.apply(variables, images))  # Eval mode: no dropout.
   want = ref.alexnet(_np_params(variables), images,
-                     conv1_padding={227: 0, 224: 2}[input_size], towers=towers)
+                     conv1_padding={227: 0, 224: 2}[input_size], towers=towers,
+                     lrn_per_tower=model.lrn_per_tower)
   assert got.shape == want.shape == (2, 1000)
   # Relative to the logits' scale (single logits can be near zero).
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
