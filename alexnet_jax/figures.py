@@ -27,7 +27,7 @@ import importlib.util
 import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -46,6 +46,20 @@ def _pyplot():
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+def _save(fig, output_dir: str, name: str, result: dict = None) -> str:
+  """Writes OUTPUT_DIR/NAME.png (and NAME.json of `result`, with the PNG's path)."""
+  fig.tight_layout()
+  os.makedirs(output_dir, exist_ok=True)
+  path = os.path.join(output_dir, f'{name}.png')
+  fig.savefig(path)
+  _pyplot().close(fig)
+  if result is not None:
+    result['png'] = path
+    with open(os.path.join(output_dir, f'{name}.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  return path
 
 
 # --------------------------------------------------------------------------
@@ -94,12 +108,8 @@ def fig3(workdir: str, output_dir: str, checkpoint: str = 'latest') -> dict:
   ax.set_title(f'{cout} conv1 kernels ({kh}x{kw}x{cin}), step {run.step}; '
                + (f'{towers} towers, one per block of rows' if towers > 1 else 'one tower'),
                fontsize=8)
-  fig.tight_layout()
-  path = os.path.join(output_dir, 'fig3.png')
-  os.makedirs(output_dir, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return {'png': path, 'kernels': cout, 'towers': towers, 'step': run.step}
+  return {'png': _save(fig, output_dir, 'fig3'), 'kernels': cout, 'towers': towers,
+          'step': run.step}
 
 
 # --------------------------------------------------------------------------
@@ -220,13 +230,7 @@ def fig4(workdir: str, output_dir: str, checkpoint: str = 'latest', num_queries:
       row[2 + j].set_title(f'{names[int(t_labels[idx[i, j]])]} d={dist[i, j]:.3g}', fontsize=6)
   fig.suptitle(f'Nearest training images by {result["layer"]} distance '
                f'(of {len(t_images)}), step {run.step}', fontsize=8)
-  fig.tight_layout()
-  os.makedirs(output_dir, exist_ok=True)
-  result['png'] = os.path.join(output_dir, 'fig4.png')
-  fig.savefig(result['png'])
-  plt.close(fig)
-  with open(os.path.join(output_dir, 'fig4.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  _save(fig, output_dir, 'fig4', result)
   return result
 
 
@@ -314,12 +318,7 @@ def fig1(output_dir: str, data: str = 'cifar10', epochs: float = 35,
   ax.set_ylim(0, None)
   ax.set_title(f'Figure 1 on {dataset}'.replace(' (offline', '\n(offline'), fontsize=8)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  result['png'] = os.path.join(output_dir, 'fig1.png')
-  fig.savefig(result['png'])
-  plt.close(fig)
-  with open(os.path.join(output_dir, 'fig1.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  _save(fig, output_dir, 'fig1', result)
   return result
 
 

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
