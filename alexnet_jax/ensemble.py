@@ -75,8 +75,12 @@ def evaluate(workdirs: Sequence[str], *, checkpoint: str = 'latest', ten_crop: b
     members.append({'workdir': run.workdir, 'step': run.step, 'seed': run.config.get('seed'),
                     'top1_error': float(top1.mean()), 'top5_error': float(top5.mean())})
   top1, top5 = topk_errors(total / len(runs), labels)
+  from alexnet_jax import input_pipeline, preprocessing  # pylint: disable=g-import-not-at-top,multiple-imports
+  num_crops = (preprocessing.num_eval_crops(input_pipeline.make_recipe(runs[0].config))
+               if ten_crop else 1)
   return {'members': members, 'checkpoint': checkpoint,
-          'crops': 'ten_crop' if ten_crop else 'centre', 'num_images': int(len(labels)),
+          'crops': 'ten_crop' if ten_crop else 'centre', 'num_crops': num_crops,
+          'num_images': int(len(labels)),
           'dataset': data,
           'ensemble': {'models': len(runs), 'top1_error': float(top1.mean()),
                        'top5_error': float(top5.mean())}}
@@ -86,7 +90,9 @@ def markdown(result: dict) -> str:
   """Members, their mean, the ensemble and the paper's Table 2 rows, in %."""
   pct = lambda x: f'{100 * x:.2f}'
   ms, ens = result['members'], result['ensemble']
-  lines = [f'Ensemble of {ens["models"]} ({result["crops"]} crop(s), '
+  n = result.get('num_crops', 1)
+  crops = f'{n} patches averaged' if result['crops'] == 'ten_crop' else 'centre crop'
+  lines = [f'Ensemble of {ens["models"]} ({crops}, '
            f'{result["num_images"]} images of {result["dataset"]["name"]} '
            f'{result["dataset"]["eval_split"]}; error %)', '',
            '| model | step | top-1 | top-5 |', '|---|---|---|---|']

@@ -182,8 +182,8 @@ def main(argv: Sequence[str]) -> None:
   quiet_logs()
   result = predict(flags.FLAGS.workdir, argv[1:], checkpoint=flags.FLAGS.checkpoint,
                    ten_crop=flags.FLAGS.ten_crop, k=flags.FLAGS.top_k)
-  print(f'{result["workdir"]} step {result["step"]} ({result["checkpoint"]}), '
-        f'{result["crops"]} crop(s):')
+  crops = 'ten patches averaged' if result['crops'] == 'ten_crop' else 'centre crop'
+  print(f'{result["workdir"]} step {result["step"]} ({result["checkpoint"]}), {crops}:')
   print(result.pop('text'))
   if flags.FLAGS.output_dir:
     os.makedirs(flags.FLAGS.output_dir, exist_ok=True)

@@ -278,6 +278,27 @@ def _steps_per_epoch(row: Row) -> int | None:
     return None      # The dataset is not here: plot against steps.
 
 
+def lr_drops(lr: Sequence[tuple[int, float]]) -> list[float]:
+  """Steps where the learning rate was divided, from its logged values.
+
+  Each logged value is the mean over the steps since the previous log, so a
+  drop shows as a run of decreasing values; its step is placed where the
+  window's mean puts it (exact for one drop inside the window).
+  """
+  drops, i = [], 1
+  while i < len(lr):
+    if lr[i][1] < lr[i - 1][1] * 0.99:
+      j = i
+      while j + 1 < len(lr) and lr[j + 1][1] < lr[j][1] * 0.99:
+        j += 1
+      (s0, old), (s1, mean), new = lr[i - 1], lr[i], lr[j][1]
+      drops.append(s0 + (s1 - s0) * (mean - new) / (old - new))
+      i = j + 1
+    else:
+      i += 1
+  return drops
+
+
 def plot_curves(row: Row, path: str) -> str | None:
   """PNG of train and validation top-1 error vs epoch, learning-rate drops marked.
 
@@ -304,8 +325,7 @@ def plot_curves(row: Row, path: str) -> str | None:
     if tag in scalars:
       steps, values = zip(*scalars[tag])
       ax.plot([x(s) for s in steps], [100 * v for v in values], style, label=label, ms=3)
-  lr = scalars.get('train_learning_rate', [])
-  drops = [s for (_, a), (s, b) in zip(lr, lr[1:]) if b < a * 0.99]
+  drops = lr_drops(scalars.get('train_learning_rate', []))
   for i, s in enumerate(drops):
     ax.axvline(x(s), color='grey', ls=':', label='learning rate divided' if i == 0 else None)
   ax.set_xlabel('epoch' if spe else 'step')
@@ -329,7 +349,8 @@ def ensembles_markdown(workdirs: Sequence[str]) -> str:
     r = json.loads(epath.Path(path).read_text())
     e, ms = r['ensemble'], r['members']
     mean = lambda k: 100 * sum(m[k] for m in ms) / len(ms)
-    lines.append(f'| {os.path.dirname(path)} | {e["models"]} | {r["crops"]} | '
+    crops = 'centre' if r['crops'] == 'centre' else f'{r.get("num_crops", 10)} patches'
+    lines.append(f'| {os.path.dirname(path)} | {e["models"]} | {crops} | '
                  f'{_pct(e["top1_error"])} / {_pct(e["top5_error"])} | '
                  f'{mean("top1_error"):.2f} / {mean("top5_error"):.2f} |')
   if not lines:

@@ -209,6 +209,9 @@ def test_report_lists_ensembles_and_draws_learning_curves(runs, tmp_path):
   # tiny_config logs every 4 steps and evaluates at the end (step 12).
   assert [s for s, _ in scalars['train_top1_error']] == [4, 8, 12]
   assert [s for s, _ in scalars['eval_top1_error']] == [12]
+  # A drop at step 440 inside the log window (400, 450]; one at a log boundary (600).
+  lr = [(400, 0.01), (450, 0.0082), (500, 0.001), (550, 0.001), (600, 0.001), (650, 0.0001)]
+  assert np.allclose(report.lr_drops(lr), [440, 600])
   row = report.load_row(sweep / 'seed0')
   png = report.plot_curves(row, str(tmp_path / 'curves' / 'seed0.png'))
   with Image.open(png) as im:
