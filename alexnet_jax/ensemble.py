@@ -3,8 +3,8 @@ r"""Table 2: the error of an ensemble of trained runs beside its members' own.
   python -m alexnet_jax.ensemble --workdirs=A,B,C [--checkpoint=latest|best] \
       [--ten_crop] --output_dir=D
 
-Section 6: "Averaging the predictions of five similar CNNs gives an error rate
-of 16.4%" -- each model's softmax is averaged over the models (and, with
+Section 6: averaging the predictions of five similar CNNs gives 16.4 percent
+top-5 error. Each model's softmax is averaged over the models (and, with
 --ten_crop, first over the ten patches of section 4.1, five for runs trained
 without reflections). Every member is evaluated on the eval split of its own
 config with its own preprocessing; the members must share the dataset. Writes

@@ -7,7 +7,7 @@ r"""The paper's figures from trained runs (PNG with matplotlib Agg, numbers as J
 
 fig1  Figure 1: the CIFAR-10 CNN (models.Figure1Net, cuda-convnet's layers-80sec)
       trained with ReLU and with tanh (configs/cifar10.py, no regularization),
-      training error vs epoch, the first epoch each reaches 25% and their ratio
+      training error vs epoch, the first epoch each reaches 25 percent and their ratio
       (the paper: ReLU six times faster). Trains D/relu and D/tanh (a rerun
       resumes them). --data=digits runs offline on scikit-learn's digits as a
       stand-in; the figure and the printout say which data was used.
