@@ -320,7 +320,10 @@ def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool
 def init_params_from(config, fresh: Any) -> Any:
   """config.init_from's parameters, with the layers in config.init_reinit (e.g.
   fc8 for a new class count) kept at their fresh initialization."""
-  loaded, _, step = ckpt_lib.load_params(config.init_from)
+  try:
+    loaded, _, step = ckpt_lib.load_params(config.init_from)
+  except FileNotFoundError as e:  # Reported by main in one line, as a mismatch is.
+    raise ckpt_lib.CheckpointMismatchError(f'config.init_from: {e}') from e
   reinit = tuple(config.get('init_reinit') or ())
   params = ckpt_lib.merge_params(jax.device_get(fresh), loaded, reinit, config.init_from)
   logging.info('Initialized from %s (step %d)%s.', config.init_from, step,

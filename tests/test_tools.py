@@ -128,6 +128,12 @@ def test_merge_params_takes_saved_layers_and_reinitializes_named_ones():
     ckpt_lib.merge_params(fresh, loaded, ('fc9',))
 
 
+def test_init_from_a_missing_checkpoint_is_named(tmp_path):
+  config = tiny_config(init_from=str(tmp_path / 'nope'))
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match='init_from: No checkpoint in .*nope'):
+    train.init_params_from(config, _tree(conv1=((3, 4), 0.0)))
+
+
 def test_init_from_starts_from_the_runs_params_and_resumes_its_own(runs, tmp_path):
   source = str(runs / 'seed0')
   # lr ~ 0: the one step keeps the parameters, so they show where the run started.
