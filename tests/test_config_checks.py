@@ -69,6 +69,8 @@ RULES = [
     ({'mesh': (-1, -1)}, 'mesh', 'at most one -1'),
     ({'mesh': (1,)}, 'mesh', 'two integers'),
     ({'model.lrm': True}, 'model', "keys ['lrm'] that model 'alexnet' does not take"),
+    ({'init_from': '/nonexistent/run'}, 'init_from', 'does not exist'),
+    ({'init_reinit': ('fc8', 8)}, 'init_reinit', 'tuple of layer names'),
 ]
 
 
