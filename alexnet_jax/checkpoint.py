@@ -300,3 +300,89 @@ def check_compatible(saved: dict, current: dict, where: Any) -> None:
         'restored into this config.\nConfig differences:\n' + ('\n'.join(diff) or '  (none)') +
         '\nParameter shapes that differ:\n' + '\n'.join(problems[:10]) +
         '\nUse a new --workdir, or rerun with the config that wrote the checkpoint.')
+
+
+# --------------------------------------------------------------------------
+# Parameters alone (predict, figures, ensembles, config.init_from)
+# --------------------------------------------------------------------------
+
+
+def step_dir(path: str, which: str = 'latest') -> epath.Path:
+  """A checkpoint step directory from a workdir, a manager directory
+  (`checkpoints/`, `best/`) or a step directory itself.
+
+  which: 'latest' (the workdir's `checkpoints/`) or 'best' (its `best/`).
+  """
+  if which not in ('latest', 'best'):
+    raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
+  path = epath.Path(path)
+  if (path / 'state').is_dir():
+    return path
+  manager = path / ('best' if which == 'best' else 'checkpoints')
+  if manager.is_dir():
+    path = manager
+  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(
+        f'No checkpoint in {path}. Give a workdir that holds checkpoints/ (or best/), '
+        'such a directory, or one of its step directories.')
+  return path / str(steps[-1])
+
+
+def load_params(path: str, which: str = 'latest') -> tuple[Any, dict, int]:
+  """(params as NumPy arrays, the saved description, step) of a checkpoint.
+
+  Reads only what was saved (no model or optimizer needed), on any number of
+  devices. `path` and `which` as in `step_dir`.
+  """
+  directory = step_dir(path, which)
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(directory / 'state').item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  state = checkpointer.restore(directory / 'state',
+                               args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  description = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(directory / 'description')
+  step = int(directory.name) if directory.name.isdigit() else -1
+  return state['params'], description, step
+
+
+def merge_params(fresh: Any, loaded: Any, reinit: tuple = (), source: str = '') -> Any:
+  """`fresh` (a new model's params) with every layer taken from `loaded` except
+  the layers named in `reinit`, which keep their fresh initialization.
+
+  Raises CheckpointMismatchError naming each layer whose shapes differ (or that
+  `loaded` lacks) and the fix, e.g. init_reinit=('fc8',) for a new class count.
+  """
+  unknown = sorted(set(reinit) - set(fresh))
+  if unknown:
+    raise CheckpointMismatchError(f'config.init_reinit names {unknown}, which are not '
+                                  f'layers of this model; its layers are {sorted(fresh)}.')
+  saved = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  problems = []
+
+  def take(path, x):
+    if path[0].key in reinit:
+      return x
+    key = jax.tree_util.keystr(path)
+    if key not in saved:
+      problems.append((path[0].key, f'{key}: not in the checkpoint'))
+    elif np.shape(saved[key]) != np.shape(x):
+      problems.append((path[0].key, f'{key}: checkpoint {list(np.shape(saved[key]))} '
+                                    f'vs model {list(np.shape(x))}'))
+    else:
+      return np.asarray(saved[key], dtype=x.dtype)
+    return x
+
+  params = jax.tree_util.tree_map_with_path(take, fresh)
+  if problems:
+    layers = tuple(sorted({layer for layer, _ in problems} | set(reinit)))
+    raise CheckpointMismatchError(
+        f'config.init_from={source} does not fit this model:\n  ' +
+        '\n  '.join(p for _, p in problems) +
+        f'\nRe-initialize those layers (--config.init_reinit="{layers}"), or set '
+        'config.model to the one that wrote the checkpoint.')
+  extra = sorted(set(loaded) - set(fresh))
+  if extra:
+    logging.warning('config.init_from=%s: layers %s of the checkpoint are not in this '
+                    'model and are not used.', source, extra)
+  return params

@@ -241,6 +241,20 @@ def validate(config, *, num_devices: Optional[int] = None,
     except (ValueError, TypeError) as e:
       problems.append(f'config.model: {e}')
 
+  # ------------------------------------------------------------ fine-tuning
+  init_from = _get(config, 'init_from')
+  if init_from is not None:
+    if not isinstance(init_from, str) or not init_from.strip():
+      bad('init_from', init_from, 'must be a path (a workdir, its best/ directory or a '
+          'checkpoint step directory), or unset.')
+    elif '://' not in init_from and not os.path.exists(init_from):
+      bad('init_from', init_from, 'does not exist; give a workdir (its latest checkpoint), '
+          'its best/ directory or a checkpoint step directory (alexnet_jax.convert writes one).')
+  reinit = _get(config, 'init_reinit', ())
+  if not (isinstance(reinit, (tuple, list)) and all(isinstance(x, str) for x in reinit)):
+    bad('init_reinit', reinit, 'must be a tuple of layer names, e.g. '
+        '--config.init_reinit="(\'fc8\',)".')
+
   # ------------------------------------------------------ training length
   for key in ('batch_size', 'eval.batch_size', 'log_every_steps',
               'checkpoint_every_steps', 'keep_checkpoints'):

@@ -1,12 +1,16 @@
 r"""Collects the final metrics of runs into a table beside the paper's numbers.
 
-  python -m alexnet_jax.report WORKDIR... [--baseline=WORKDIR] [--out=PREFIX]
+  python -m alexnet_jax.report WORKDIR... [--baseline=WORKDIR] [--out=PREFIX] \
+      [--curves_dir=DIR]
 
 Reads WORKDIR/final_metrics.json and WORKDIR/config.json of each run (local
 or gs:// paths). A WORKDIR holding no run but run subdirectories (a sweep's
 --workdir_root) stands for all of them. Writes PREFIX.md and PREFIX.csv
 (default: report.md / report.csv in the runs' common parent; `--out=-`
-prints only) and prints the Markdown table.
+prints only) and prints the Markdown table, followed by the ensembles (ensemble.json written by
+alexnet_jax.ensemble) found in the WORKDIRs or one level below. Each run's
+learning curves (train and validation top-1 error vs epoch from its TensorBoard
+events, learning-rate drops marked) go to DIR/<run>.png (default PREFIX_curves).
 
 What a run changed is read from its config, not from its name: the keys whose
 values differ from the baseline run's (the run named `baseline`, else the
@@ -246,6 +250,120 @@ def default_out(rows: Sequence[Row]) -> str:
   return parent.rstrip('/') + '/report'
 
 
+# ---------------------------------------------------------- learning curves
+
+
+def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)]} from the TensorBoard event files in `workdir`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.util import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars: dict[str, dict[int, float]] = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(os.fspath(workdir), 'events.out.tfevents.*'))):
+    try:
+      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        event = event_pb2.Event.FromString(record)
+        for v in event.summary.value:
+          value = (float(tf.make_ndarray(v.tensor)) if v.HasField('tensor')
+                   else float(v.simple_value))
+          scalars.setdefault(v.tag, {})[int(event.step)] = value  # A resume rewrites steps.
+    except tf.errors.DataLossError:  # A run killed mid-write: keep what was read.
+      pass
+  return {tag: sorted(points.items()) for tag, points in scalars.items()}
+
+
+def _steps_per_epoch(row: Row) -> int | None:
+  try:
+    from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+    config = predict.load_config(row.workdir)
+    return input_pipeline.steps_per_epoch(
+        input_pipeline.dataset_info(config).num_train, config.batch_size)
+  except Exception:  # pylint: disable=broad-except
+    return None      # The dataset is not here: plot against steps.
+
+
+def lr_drops(lr: Sequence[tuple[int, float]]) -> list[float]:
+  """Steps where the learning rate was divided, from its logged values.
+
+  Each logged value is the mean over the steps since the previous log, so a
+  drop shows as a run of decreasing values; its step is placed where the
+  window's mean puts it (exact for one drop inside the window).
+  """
+  drops, i = [], 1
+  while i < len(lr):
+    if lr[i][1] < lr[i - 1][1] * 0.99:
+      j = i
+      while j + 1 < len(lr) and lr[j + 1][1] < lr[j][1] * 0.99:
+        j += 1
+      (s0, old), (s1, mean), new = lr[i - 1], lr[i], lr[j][1]
+      drops.append(s0 + (s1 - s0) * (mean - new) / (old - new))
+      i = j + 1
+    else:
+      i += 1
+  return drops
+
+
+def plot_curves(row: Row, path: str) -> str | None:
+  """PNG of train and validation top-1 error vs epoch, learning-rate drops marked.
+
+  Validation curves: `eval_top1_error` (centre crop) and the multi-crop one
+  (`eval_multicrop_top1_error`, formerly `eval10_top1_error`). None if the run
+  has no events.
+  """
+  scalars = read_scalars(row.workdir)
+  if 'train_top1_error' not in scalars:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  spe = _steps_per_epoch(row)
+  x = (lambda step: step / spe) if spe else (lambda step: step)
+  fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+  curves = [('train_top1_error', 'train (mean over the logged steps)', '-'),
+            ('eval_top1_error', 'validation, centre crop', 'o-')]
+  multi = next((t for t in ('eval_multicrop_top1_error', 'eval10_top1_error')
+                if t in scalars), None)
+  if multi:
+    curves.append((multi, 'validation, multi-crop', 's--'))
+  for tag, label, style in curves:
+    if tag in scalars:
+      steps, values = zip(*scalars[tag])
+      ax.plot([x(s) for s in steps], [100 * v for v in values], style, label=label, ms=3)
+  drops = lr_drops(scalars.get('train_learning_rate', []))
+  for i, s in enumerate(drops):
+    ax.axvline(x(s), color='grey', ls=':', label='learning rate divided' if i == 0 else None)
+  ax.set_xlabel('epoch' if spe else 'step')
+  ax.set_ylabel('top-1 error (%)')
+  ax.set_title(row.name)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def ensembles_markdown(workdirs: Sequence[str]) -> str:
+  """The ensembles (ensemble.json of alexnet_jax.ensemble) found in `workdirs`
+  and their subdirectories, one line each."""
+  from alexnet_jax import ensemble  # pylint: disable=g-import-not-at-top
+  lines = []
+  for path in ensemble.find_results(workdirs):
+    r = json.loads(epath.Path(path).read_text())
+    e, ms = r['ensemble'], r['members']
+    mean = lambda k: 100 * sum(m[k] for m in ms) / len(ms)
+    crops = 'centre' if r['crops'] == 'centre' else f'{r.get("num_crops", 10)} patches'
+    lines.append(f'| {os.path.dirname(path)} | {e["models"]} | {crops} | '
+                 f'{_pct(e["top1_error"])} / {_pct(e["top5_error"])} | '
+                 f'{mean("top1_error"):.2f} / {mean("top5_error"):.2f} |')
+  if not lines:
+    return ''
+  head = ['| ensemble | models | crops | ensemble top-1 / top-5 | mean member top-1 / top-5 |',
+          '|---|---|---|---|---|']
+  return '\n'.join(['', 'Ensembles (Table 2; error %):', ''] + head + lines) + '\n'
+
+
 def define_flags():
   """Defines the command-line flags (when run as a program, not on import)."""
   flags.DEFINE_string(
@@ -256,6 +374,9 @@ def define_flags():
       'Sweep file whose entries name the runs and whose PAPER dict gives the '
       "paper's numbers.")
   flags.DEFINE_string(
+      'curves_dir', None, 'Writes one learning-curve PNG per run here; default: '
+      "<OUT>_curves ('-': none).")
+  flags.DEFINE_string(
       'out', None, 'Writes OUT.md and OUT.csv; default: <common parent>/report; '
       "'-': print only.")
 
@@ -264,13 +385,18 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) < 2:
     raise app.UsageError('Give one or more WORKDIRs.')
   rows = build(argv[1:], FLAGS.baseline, FLAGS.sweep or None)
-  table = markdown(rows)
+  table = markdown(rows) + ensembles_markdown(argv[1:])
   print(table, end='')
   out = FLAGS.out or default_out(rows)
   if out != '-':
     epath.Path(out + '.md').write_text(table)
     epath.Path(out + '.csv').write_text(to_csv(rows))
     print(f'\nWrote {out}.md and {out}.csv')
+  curves_dir = FLAGS.curves_dir or (None if out == '-' else out + '_curves')
+  if curves_dir and curves_dir != '-':
+    written = [p for r in rows if (p := plot_curves(r, os.path.join(curves_dir, f'{r.name}.png')))]
+    print(f'Wrote {len(written)} learning curves to {curves_dir}/' if written
+          else 'No TensorBoard events: no learning curves.')
 
 
 if __name__ == '__main__':

@@ -37,6 +37,7 @@ RULES = {
     'dataset.prepared_dir': 'apply',  # where the prepared copy lives (alexnet_jax.prepare)
     'mesh': 'apply',                 # a requeued job may land on other hardware
     'init_from': 'apply',            # only read when there is no checkpoint
+    'init_reinit': 'apply',          # likewise
     # Optimizer hyperparameters: written into the restored state.
     'optimizer.learning_rate': 'apply',
     'optimizer.momentum': 'apply',

@@ -1,4 +1,5 @@
-"""Training and evaluation (section 5 optimizer; section 4.1 test patches, section 6 error rates).
+"""Training and evaluation (section 5 optimizer; top-1/top-5 error as defined in
+section 2, the ten test patches of section 4.1).
 
     train_and_evaluate(config, workdir)
 
@@ -232,7 +233,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def topk_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-example top-1 and top-5 error (0/1), as the paper reports (section 6)."""
+  """Per-example top-1 and top-5 error (0/1), as section 2 defines them."""
   top5 = jax.lax.top_k(scores, min(5, scores.shape[-1]))[1]
   hit = top5 == labels[:, None]
   return 1.0 - hit[:, 0].astype(jnp.float32), 1.0 - hit.any(-1).astype(jnp.float32)
@@ -295,6 +296,17 @@ def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Ar
   return jax.nn.softmax(model.apply({'params': params}, images, train=False))
 
 
+def eval_probs(params: Any, images: jax.Array, stats: Optional[augment.Stats] = None, *,
+               model: nn.Module, num_crops: int = 1, pixel_scale: float = 1.0) -> jax.Array:
+  """(b, K) class probabilities of evaluation inputs: with `stats`, the
+  pipeline's uint8 images (preprocessing.eval_example), cut into `num_crops`
+  patches and finished here (augment.eval_images); without, network inputs."""
+  if stats is not None:
+    images = augment.eval_images(images, stats, models.input_shape(model)[0], num_crops,
+                                 pixel_scale)
+  return predict_probs(params, images, model=model)
+
+
 def eval_step(params: Any, batch: dict, stats: Optional[augment.Stats] = None, *,
               model: nn.Module, num_crops: int = 1, pixel_scale: float = 1.0) -> dict:
   """Sums over the real (mask=True) examples of a padded batch.
@@ -302,9 +314,8 @@ def eval_step(params: Any, batch: dict, stats: Optional[augment.Stats] = None, *
   With `stats`, batch['image'] is the pipeline's uint8 batch, cut into
   `num_crops` patches here (augment.eval_images); without, it is the input.
   """
-  images = batch['image'] if stats is None else augment.eval_images(
-      batch['image'], stats, models.input_shape(model)[0], num_crops, pixel_scale)
-  probs = predict_probs(params, images, model=model)
+  probs = eval_probs(params, batch['image'], stats, model=model, num_crops=num_crops,
+                     pixel_scale=pixel_scale)
   mask = batch['mask'].astype(jnp.float32)
   p_label = jnp.take_along_axis(probs, batch['label'][:, None], axis=-1)[:, 0]
   loss = -jnp.log(jnp.maximum(p_label, 1e-30))
@@ -429,6 +440,20 @@ def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
 
+def init_params_from(config, fresh: Any) -> Any:
+  """config.init_from's parameters, with the layers in config.init_reinit (e.g.
+  fc8 for a new class count) kept at their fresh initialization."""
+  try:
+    loaded, _, step = ckpt_lib.load_params(config.init_from)
+  except FileNotFoundError as e:  # Reported by main in one line, as a mismatch is.
+    raise ckpt_lib.CheckpointMismatchError(f'config.init_from: {e}') from e
+  reinit = tuple(config.get('init_reinit') or ())
+  params = ckpt_lib.merge_params(jax.device_get(fresh), loaded, reinit, config.init_from)
+  logging.info('Initialized from %s (step %d)%s.', config.init_from, step,
+               f'; re-initialized {list(reinit)}' if reinit else '')
+  return params
+
+
 # --------------------------------------------------------------------------
 # train_and_evaluate
 # --------------------------------------------------------------------------
@@ -455,6 +480,8 @@ def _restore_or_init(config, ckpt, abstract_state, state_sharding, description,
         abstract_state, state_sharding), description, check=check)
   if state is None:
     state = init_fn()
+    if config.get('init_from'):  # Fine-tune: another run's parameters (not its optimizer).
+      state = state.replace(params=init_params_from(config, state.params))
   opt_state = apply_config_to_opt_state(state.opt_state, config, int(state.plateau['drops']))
   return jax.device_put(state.replace(opt_state=opt_state), state_sharding), progress
 
@@ -554,6 +581,8 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
   start_step = int(state.step)
   if is_main:  # Only now: a refused resume leaves the run's record as it was.
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    # For predict and figures: the names of the class ids.
+    (workdir / 'class_names.json').write_text(json.dumps(list(info.class_names)))
     n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(state.params))
     logging.info('Model %s: %s parameters; %d steps (%d per epoch, %.1f epochs), '
                  'global batch %d on mesh %s; %s at step %d.', config.model.name,

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from alexnet_jax import convert  # NumPy layout functions only (no JAX).
+
 # Fields of alexnet_jax.models.AlexNet that change the network (not lrn_impl,
 # grouped_conv_impl or dtypes: those only choose how XLA computes it).
 ALEXNET_FIELDS = ('num_classes', 'towers', 'conv_features', 'fc_features',
@@ -50,7 +52,7 @@ class TorchAlexNet(nn.Module):
                fc_features: int = 4096, input_size: int = 227,
                conv1_padding=None, lrn: bool = True, lrn_depth_radius: int = 2,
                lrn_bias: float = 2.0, lrn_alpha: float = 1e-4,
-               lrn_beta: float = 0.75, lrn_per_tower: bool = False,
+               lrn_beta: float = 0.75, lrn_per_tower: bool = True,
                pool_window: int = 3, pool_stride: int = 2,
                activation: str = 'relu', dropout_rate: float = 0.5,
                remove_conv: int = 0):
@@ -118,25 +120,17 @@ def copy_flax_params_to_torch(params: Mapping, net: TorchAlexNet) -> TorchAlexNe
   """Copies Flax ``variables['params']`` of the matching AlexNet into ``net``.
 
   Conv kernels (kh, kw, Cin/G, Cout) -> (Cout, Cin/G, kh, kw); dense kernels
-  (in, out) -> (out, in); fc6's inputs reordered from (h, w, c) to (c, h, w).
+  (in, out) -> (out, in); fc6's inputs reordered from (h, w, c) to (c, h, w)
+  (alexnet_jax.convert.to_nchw, the inverse of the weight import).
   Returns ``net``.
   """
   copied = set()
-  for name, layer in params.items():
+  for name, (weight, bias) in convert.to_nchw(params, net.pool5_shape).items():
     module = getattr(net, name)
-    kernel = np.asarray(layer['kernel'], np.float32)
-    bias = np.asarray(layer['bias'], np.float32)
-    if kernel.ndim == 4:
-      weight = kernel.transpose(3, 2, 0, 1)
-    elif name == 'fc6':
-      c, h, w = net.pool5_shape
-      weight = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1).T
-    else:
-      weight = kernel.T
     if tuple(module.weight.shape) != weight.shape:
       raise ValueError(f'{name}: torch weight {tuple(module.weight.shape)} vs '
-                       f'Flax kernel {kernel.shape}.')
-    module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+                       f'Flax kernel {np.shape(params[name]["kernel"])}.')
+    module.weight.copy_(torch.from_numpy(weight))
     module.bias.copy_(torch.from_numpy(bias))
     copied |= {f'{name}.weight', f'{name}.bias'}
   missing = sorted(set(dict(net.named_parameters())) - copied)

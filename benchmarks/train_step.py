@@ -208,13 +208,18 @@ def run_jax(args) -> dict:
 # --------------------------------------------------------------------------
 
 
-def torch_paper_sgd(params, velocity, lr: float, momentum: float, weight_decay: float):
-  """The paper's rule in place: v <- m v - wd eps w - eps g; w <- w + v."""
+def torch_paper_sgd(params, velocity, lr: float, momentum: float, weight_decay: float,
+                    decay_biases: bool = False):
+  """The paper's rule in place: v <- m v - wd eps w - eps g; w <- w + v, with
+  weight decay on the weights only (config.optimizer.weight_decay_on='kernels'),
+  or on the biases too."""
   import torch  # pylint: disable=g-import-not-at-top
   with torch.no_grad():
     grads = [p.grad for p in params]
+    decayed = [i for i, p in enumerate(params) if decay_biases or p.ndim > 1]
     torch._foreach_mul_(velocity, momentum)                      # pylint: disable=protected-access
-    torch._foreach_add_(velocity, params, alpha=-lr * weight_decay)  # pylint: disable=protected-access
+    torch._foreach_add_([velocity[i] for i in decayed], [params[i] for i in decayed],  # pylint: disable=protected-access
+                        alpha=-lr * weight_decay)
     torch._foreach_add_(velocity, grads, alpha=-lr)              # pylint: disable=protected-access
     torch._foreach_add_(params, velocity)                        # pylint: disable=protected-access
 
@@ -231,7 +236,8 @@ def torch_paper_init_(net, seed: int = 0):
 
 
 def torch_step_fn(net, impl: str, dtype: str, device: str, lr: float, momentum: float,
-                  weight_decay: float, velocity=None, compile_mode=None):
+                  weight_decay: float, velocity=None, compile_mode=None,
+                  decay_biases: bool = False):
   """A function (x, y) -> loss doing one forward, backward and paper update."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -251,7 +257,7 @@ def torch_step_fn(net, impl: str, dtype: str, device: str, lr: float, momentum: 
     for p in params:
       p.grad = None
     loss.backward()
-    update(params, velocity, lr, momentum, weight_decay)
+    update(params, velocity, lr, momentum, weight_decay, decay_biases)
     return loss
 
   return step
@@ -380,7 +386,8 @@ def _check(model_name: str, batch: int, steps: int, seed: int, rule: str,
   torch_alexnet.copy_flax_params_to_torch(writable(velocity), as_torch)
   torch_velocity = [v.detach().clone().to(device) for v in as_torch.parameters()]
   torch_step = torch_step_fn(net, 'torch_eager', 'float32', device, o.learning_rate,
-                             o.momentum, o.weight_decay, velocity=torch_velocity)
+                             o.momentum, o.weight_decay, velocity=torch_velocity,
+                             decay_biases=o.weight_decay_on == 'all')
   x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
   y = torch.from_numpy(labels).long().to(device)
 

@@ -17,7 +17,8 @@ Hardware and time: the paper trained ~90 epochs in 5-6 days on two GTX 580
 benchmarks/README.md for measured step rates.
 
 Target (paper, ILSVRC-2012 val, one CNN): 40.7% top-1 / 18.2% top-5 error
-(10-crop evaluation, section 6). Single-crop error is higher by ~1-2%.
+(the softmax averaged over ten patches, section 4.1; results in section 6,
+Table 2). The paper reports no single-crop error.
 
 Every number below cites the paper section it comes from; deviations from the
 paper are named switches whose defaults are the paper's.
@@ -54,7 +55,8 @@ def get_config(arg=None):
   config.dataset.prefetch = 2            # batches prefetched to device
   config.dataset.threads = 0             # tf.data threads; 0 = one per CPU core
 
-  # ------------------------------------------- preprocessing (section 4.1)
+  # ------- preprocessing (section 2: 256x256 down-sampling, mean subtraction;
+  # section 4.1: crops, reflections, PCA lighting)
   config.input = ml_collections.ConfigDict()
   config.input.resize_size = 256         # rescale the shorter side to 256 ...
   config.input.central_crop = True       # ... and take the central 256x256 crop
@@ -103,7 +105,10 @@ def get_config(arg=None):
   config.model.lrn_bias = 2.0            # k
   config.model.lrn_alpha = 1e-4
   config.model.lrn_beta = 0.75
-  config.model.lrn_per_tower = False     # True: windows stop at the tower boundary (per-GPU LRN)
+  # Section 3.2: the GPUs communicate only in conv3 and the FC layers, so each
+  # GPU normalized its own maps (cuda-convnet's cmrnorm reads one GPU's layer):
+  # windows stop at the tower boundary. False: over all N maps of the layer.
+  config.model.lrn_per_tower = True
   config.model.pool_window = 3           # section 3.4: z = 3
   config.model.pool_stride = 2           # s = 2 (overlapping)
   config.model.activation = 'relu'       # section 3.1
@@ -120,7 +125,10 @@ def get_config(arg=None):
   config.optimizer.learning_rate = 0.01  # eps, "initialized at 0.01"
   config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 5e-4
-  config.optimizer.weight_decay_on = 'all'   # paper: all parameters | 'kernels' (Caffe: weights only)
+  # Section 5's rule is written for weights w; cuda-convnet, which the paper ran,
+  # has weight decay (`wc`) on weights only (example-layers/layer-params-*.cfg:
+  # epsW, epsB, momW, momB, wc), as Caffe's bvlc_alexnet (biases decay_mult 0).
+  config.optimizer.weight_decay_on = 'kernels'   # 'all': biases too
   config.optimizer.rule = 'paper'        # v <- m v - wd eps w - eps g | 'trace_then_scale' (optax.sgd)
 
   config.schedule = ml_collections.ConfigDict()
@@ -134,7 +142,7 @@ def get_config(arg=None):
   config.schedule.step_epochs = (30, 60, 80)
   config.schedule.warmup_epochs = 0.0
 
-  # ----------------------------------------- evaluation (section 6)
+  # ------------------- evaluation (section 4.1: ten patches; results: section 6)
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256
   config.eval.every_epochs = 1.0
@@ -148,6 +156,15 @@ def get_config(arg=None):
 
   # ------------------------------------------------------- parallelism
   config.mesh = (-1, 1)                  # (data, model); model=2 puts one tower per device
+
+  # ----------------------------------------------------------- fine-tuning
+  # Start a new run from another run's parameters: a workdir (its latest
+  # checkpoint), its best/ directory or a checkpoint step directory, e.g. one
+  # written by alexnet_jax.convert. Layers named in init_reinit keep their
+  # fresh initialization (fc8 for a new class count). A workdir that has its own
+  # checkpoint resumes from it instead.
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  config.init_reinit = ()
 
   if arg == 'runlocal':
     config.batch_size = 8

@@ -60,7 +60,7 @@ def dense(x, p):
   return x @ p['kernel'] + p['bias']
 
 
-def alexnet(params, images, conv1_padding=0, towers=2, lrn_kwargs=None):
+def alexnet(params, images, conv1_padding=0, towers=2, lrn_kwargs=None, lrn_per_tower=True):
   """Logits of the paper's AlexNet in eval mode (no dropout), float64.
 
   Args:
@@ -69,10 +69,12 @@ def alexnet(params, images, conv1_padding=0, towers=2, lrn_kwargs=None):
     conv1_padding: 0 for 227 inputs, 2 for 224 inputs.
     towers: the G of conv2, conv4, conv5.
     lrn_kwargs: overrides for :func:`lrn`.
+    lrn_per_tower: normalize each tower's maps on their own (the paper's GPUs
+      communicated only in conv3 and the FC layers, section 3.2).
   """
   p = {name: {k: np.asarray(v, np.float64) for k, v in layer.items()}
        for name, layer in params.items()}
-  norm = lambda x: lrn(x, **(lrn_kwargs or {}))
+  norm = lambda x: lrn(x, **{'groups': towers if lrn_per_tower else 1, **(lrn_kwargs or {})})
   x = np.asarray(images, np.float64)
   x = relu(conv2d(x, **p['conv1'], stride=4, padding=conv1_padding))  # Section 3.5 order:
   x = max_pool(norm(x))                                               # ReLU -> LRN -> pool.

@@ -111,8 +111,10 @@ def test_one_step_equals_float64_numpy_paper_rule():
     for name in w0[layer]:
       w = w0[layer][name]
       d = rng.standard_normal(w.shape)
+      # Weight decay on the weights (kernels) only: weight_decay_on='kernels'.
+      wd = o.weight_decay if name == 'kernel' or o.weight_decay_on == 'all' else 0.0
       eps_g = (o.momentum * np.asarray(v0[layer][name], np.float64)
-               - o.weight_decay * o.learning_rate * w - (w1[layer][name] - w))
+               - wd * o.learning_rate * w - (w1[layer][name] - w))
       h = 1e-6 * max(np.abs(w).max(), 1e-2) / np.abs(d).max()
       plus, minus = jax.tree.map(np.copy, w0), jax.tree.map(np.copy, w0)
       plus[layer][name] = w + h * d

@@ -20,6 +20,7 @@ from configs import cifar10
 from configs import digits
 from configs import ilsvrc
 from configs import imagenette
+from configs import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Info = collections.namedtuple('Info', 'num_classes')
@@ -31,7 +32,7 @@ def _config(**overrides):
   return config
 
 
-@pytest.mark.parametrize('module', [digits, ilsvrc, imagenette, cifar10])
+@pytest.mark.parametrize('module', [digits, ilsvrc, imagenette, cifar10, torchvision])
 def test_shipped_configs_are_valid(module):
   assert config_checks.validate(module.get_config(), num_devices=8) == []
   assert config_checks.validate(module.get_config(), num_devices=1) == []
@@ -69,6 +70,8 @@ RULES = [
     ({'mesh': (-1, -1)}, 'mesh', 'at most one -1'),
     ({'mesh': (1,)}, 'mesh', 'two integers'),
     ({'model.lrm': True}, 'model', "keys ['lrm'] that model 'alexnet' does not take"),
+    ({'init_from': '/nonexistent/run'}, 'init_from', 'does not exist'),
+    ({'init_reinit': ('fc8', 8)}, 'init_reinit', 'tuple of layer names'),
 ]
 
 

@@ -240,6 +240,7 @@ def test_lrn_keeps_low_precision_dtype():
     (227, 2, {}),
     (224, 2, {'grouped_conv_impl': 'feature_group', 'lrn_impl': 'reduce_window'}),
     (227, 1, {}),
+    (227, 2, {'lrn_per_tower': False}),
 ])
 def test_forward_matches_numpy_reference(input_size, towers, impls, paper_variables):
   model = models.AlexNet(input_size=input_size, towers=towers, **impls)
@@ -248,7 +249,8 @@ def test_forward_matches_numpy_reference(input_size, towers, impls, paper_variab
   images = _images(input_size, batch_size=2, seed=input_size + towers)
   got = np.asarray(model.apply(variables, images))  # Eval mode: no dropout.
   want = ref.alexnet(_np_params(variables), images,
-                     conv1_padding={227: 0, 224: 2}[input_size], towers=towers)
+                     conv1_padding={227: 0, 224: 2}[input_size], towers=towers,
+                     lrn_per_tower=model.lrn_per_tower)
   assert got.shape == want.shape == (2, 1000)
   # Relative to the logits' scale (single logits can be near zero).
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
@@ -371,9 +373,24 @@ def test_figure1_preset_shapes_and_params():
   params, shapes = _abstract(model)
   assert shapes == {'conv1': (32, 32, 32), 'pool1': (16, 16, 32),
                     'conv2': (16, 16, 32), 'pool2': (8, 8, 32),
-                    'conv3': (8, 8, 64), 'pool3': (4, 4, 64), 'fc4': (10,)}
+                    'conv3': (8, 8, 64), 'pool3': (4, 4, 64), 'fc4': (64,), 'fc5': (10,)}
   assert _count(params) == (_conv_params(5, 3, 32) + _conv_params(5, 32, 32)
-                            + _conv_params(5, 32, 64) + 4 * 4 * 64 * 10 + 10)
+                            + _conv_params(5, 32, 64) + 4 * 4 * 64 * 64 + 64 + 64 * 10 + 10)
+
+
+def test_figure1_init_follows_layers_80sec():
+  # initW (the std of the Gaussian) of cuda-convnet's layers-80sec.cfg; biases 0.
+  params = models.Figure1Net().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  for name, std in (('conv1', 1e-4), ('conv2', 1e-2), ('conv3', 1e-2), ('fc4', 0.1), ('fc5', 0.1)):
+    k = np.asarray(params[name]['kernel'])
+    assert abs(k.std() / std - 1) < 0.15, name
+    assert not np.asarray(params[name]['bias']).any()
+  # tanh is far from saturation at init on 0-255 mean-subtracted pixels: the
+  # first tanh units (after pool1) stay in its linear range.
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 60, (4, 32, 32, 3)), jnp.float32)
+  _, state = models.Figure1Net(activation='tanh').apply(
+      {'params': params}, x, mutable=['intermediates'])
+  assert np.abs(np.asarray(state['intermediates']['pool1'][0])).max() < 0.5
 
 
 @pytest.mark.parametrize('activation,fn', [('relu', ref.relu), ('tanh', np.tanh)])
@@ -405,6 +422,33 @@ def test_unknown_activation_and_model_keys_fail():
     _abstract(models.AlexNet(activation='sigmoid'))
   with pytest.raises(ValueError, match='lrn_size'):
     models.create_model({'name': 'alexnet', 'lrn_size': 5})
+
+
+def test_presets_own_their_widths_and_refuse_conflicts():
+  # configs/ilsvrc.py carries the paper's widths: the preset's own replace them.
+  from configs import digits, ilsvrc  # pylint: disable=g-import-not-at-top
+  config = ilsvrc.get_config()
+  config.model.name = 'alexnet_tiny'
+  model = models.create_model(config.model)
+  assert (model.conv_features, model.fc_features) == ((8, 16, 24, 24, 16), 64)
+  assert summary.param_count(model) < 200_000
+  # Widths set to something else (configs/digits.py's) conflict: refused, named.
+  config = digits.get_config()
+  config.model.name = 'alexnet_tiny'
+  with pytest.raises(ValueError, match=r'conv_features=\(32, 64.*alexnet_tiny'):
+    models.create_model(config.model)
+
+
+def test_torchvision_from_the_ilsvrc_config():
+  # The AlexNet-only keys (towers, lrn, ...) at the paper's values are dropped.
+  from configs import ilsvrc, torchvision  # pylint: disable=g-import-not-at-top
+  config = ilsvrc.get_config()
+  config.model.name = 'torchvision'
+  assert summary.param_count(models.create_model(config.model)) == TORCHVISION_PARAMS
+  config.model.lrn = False  # Not the paper's value: a key torchvision does not take.
+  with pytest.raises(ValueError, match=r"\['lrn'\].*'torchvision'"):
+    models.create_model(config.model)
+  assert summary.param_count(models.create_model(torchvision.get_config().model)) == TORCHVISION_PARAMS
 
 
 # --------------------------------------------------------------------------

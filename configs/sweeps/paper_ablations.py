@@ -29,7 +29,7 @@ def get_sweep():
       {'name': 'one_tower', 'model.towers': 1},                     # §3.2
       {'name': 'tanh', 'model.activation': 'tanh'},                 # §3.1
       {'name': 'no_conv4', 'model.remove_conv': 4},                 # §7; 3 or 5 also
-      {'name': 'single_crop', 'eval.ten_crop': False},              # §6
+      {'name': 'single_crop', 'eval.ten_crop': False},              # §4.1 (ten patches)
   ]
 
 
@@ -72,6 +72,6 @@ PAPER = {
         note='§7: removing any middle conv layer costs "about 2%" top-1'),
     'single_crop': dict(
         top1=None, top5=None,
-        note='§6 evaluates with 10 crops and gives no single-crop number; '
+        note='§4.1 tests on 10 patches; the paper gives no single-crop number; '
              'this row compares single crop with the baseline\'s 10 crops'),
 }

@@ -1,0 +1,221 @@
+r"""Classify image files with a trained run: top-5 class names and probabilities.
+
+  python -m alexnet_jax.predict --workdir=W [--checkpoint=latest|best] \
+      [--ten_crop] [--output_dir=D] IMAGE_OR_FOLDER...
+
+Rebuilds the model and the evaluation preprocessing from W/config.json (the
+run's own resize, crop size, statistics and pixel scale: the uint8 pixels of
+preprocessing.eval_example, finished by train.eval_probs as in evaluation),
+restores the parameters of W's latest or best checkpoint, and prints each
+image's top-k classes, named by W/class_names.json (written at training time).
+The default is the centre crop; --ten_crop averages the softmax over the
+paper's ten patches (section 4.1; five when the run trained without
+reflections). A folder stands for the image files directly inside it. With
+--output_dir, D/predictions.json holds the same numbers.
+
+``load_run`` and ``probabilities`` are shared by alexnet_jax.figures and
+alexnet_jax.ensemble.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from alexnet_jax import augment
+from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import models
+
+EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run as needed for inference."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  model: Any
+  params: Any
+  class_names: list
+  step: int
+  stats: augment.Stats  # the run's input statistics, as its evaluation used them
+
+  @property
+  def pixel_scale(self) -> float:
+    return float(self.config.input.pixel_scale)
+
+  def num_crops(self, ten_crop: bool) -> int:
+    """1, or the run's ten patches (five if it trained without reflections)."""
+    return augment.num_eval_crops(self.config.input.flip) if ten_crop else 1
+
+
+def _tuples(tree):
+  """JSON lists back to the tuples the configs use."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: --workdir must be a directory '
+                            'that alexnet_jax.main (or alexnet_jax.convert) wrote.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def load_class_names(workdir: str, config, num_classes: int) -> list:
+  """W/class_names.json; for runs without one, from the dataset, else the ids."""
+  path = os.path.join(workdir, 'class_names.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return list(json.load(f))
+  try:
+    from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    return list(input_pipeline.dataset_info(config).class_names)
+  except Exception:  # pylint: disable=broad-except
+    return [str(i) for i in range(num_classes)]
+
+
+def load_run(workdir: str, checkpoint: str = 'latest') -> Run:
+  """Config, model and parameters of `workdir` (checkpoint 'latest' or 'best')."""
+  config = load_config(workdir)
+  params, _, step = ckpt_lib.load_params(workdir, checkpoint)
+  model = models.create_model(config.model)
+  names = load_class_names(workdir, config, config.model.num_classes)
+  return Run(str(workdir), config, model, params, names, step, input_stats(config))
+
+
+def input_stats(config) -> augment.Stats:
+  """The statistics train_and_evaluate resolves for `config` (stats.for_device)."""
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  return stats_lib.for_device(config, functools.partial(input_pipeline.stats_images, config))
+
+
+def list_images(paths: Sequence[str]) -> list:
+  """Files as given; a folder stands for the image files directly inside it."""
+  files = []
+  for p in paths:
+    if os.path.isdir(p):
+      files += sorted(os.path.join(p, f) for f in os.listdir(p)
+                      if f.lower().endswith(EXTENSIONS))
+    elif os.path.isfile(p):
+      files.append(p)
+    else:
+      raise FileNotFoundError(f'No image file or folder {p}.')
+  if not files:
+    raise FileNotFoundError(f'No image files ({"/".join(EXTENSIONS)}) in {list(paths)}.')
+  return files
+
+
+def eval_images(config, files: Sequence[str], ten_crop: bool) -> np.ndarray:
+  """uint8 (N, S, S, 3) centre crops, or with ten_crop (N, R, R, 3) images (or
+  (N, 5, S, S, 3) patches without a central crop): what the eval pipeline sends."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import preprocessing  # pylint: disable=g-import-not-at-top
+  recipe = input_pipeline.make_recipe(config)
+  out = []
+  for f in files:
+    try:
+      out.append(preprocessing.eval_example(tf.io.read_file(f), recipe, ten_crop).numpy())
+    except tf.errors.OpError as e:
+      raise ValueError(f'{f} is not a readable image ({type(e).__name__}).') from e
+  return np.stack(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _probs_fn(model, num_crops: int, pixel_scale: float):
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  return jax.jit(functools.partial(train.eval_probs, model=model, num_crops=num_crops,
+                                   pixel_scale=pixel_scale))
+
+
+def probabilities(run: Run, images: np.ndarray, ten_crop: bool = False,
+                  batch_size: int = 64) -> np.ndarray:
+  """(N, K) softmax of `eval_images` output (the eval pipeline's uint8 images),
+  averaged over the run's ten (five) patches with ten_crop: train.eval_probs,
+  the function the run's own evaluation used."""
+  fn = _probs_fn(run.model, run.num_crops(ten_crop), run.pixel_scale)
+  return np.concatenate([np.asarray(fn(run.params, images[i:i + batch_size], run.stats))
+                         for i in range(0, len(images), batch_size)])
+
+
+def top_k(probs: np.ndarray, names: Sequence[str], k: int = 5) -> list:
+  """Per row: [(class id, name, probability)] of the k most probable classes."""
+  order = np.argsort(-probs, axis=-1, kind='stable')[:, :k]
+  return [[(int(c), names[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
+
+
+def format_predictions(files: Sequence[str], tops: Sequence[list]) -> str:
+  lines = []
+  for f, top in zip(files, tops):
+    lines.append(f)
+    lines += [f'  {i}. {name:<24} {100 * p:6.2f}%' for i, (_, name, p) in enumerate(top, 1)]
+  return '\n'.join(lines)
+
+
+def predict(workdir: str, paths: Sequence[str], *, checkpoint: str = 'latest',
+            ten_crop: bool = False, k: int = 5) -> dict:
+  run = load_run(workdir, checkpoint)
+  files = list_images(paths)
+  probs = probabilities(run, eval_images(run.config, files, ten_crop), ten_crop)
+  tops = top_k(probs, run.class_names, k)
+  return {'workdir': run.workdir, 'checkpoint': checkpoint, 'step': run.step,
+          'crops': 'ten_crop' if ten_crop else 'centre', 'files': files,
+          'predictions': [[{'class': c, 'name': n, 'probability': p} for c, n, p in t]
+                          for t in tops],
+          'text': format_predictions(files, tops)}
+
+
+def quiet_logs() -> None:
+  """For the command-line tools: warnings and errors only, no orbax chatter."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_logger().addFilter(
+      lambda r: r.levelno >= logging.logging.ERROR or 'orbax' not in r.pathname)
+
+
+def define_flags():
+  flags.DEFINE_string('workdir', None, 'A training run (or alexnet_jax.convert output).')
+  flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
+                    "The workdir's latest checkpoint or its best by validation error.")
+  flags.DEFINE_bool('ten_crop', False, "Average the softmax over the paper's ten "
+                    'patches (section 4.1) instead of the centre crop.')
+  flags.DEFINE_integer('top_k', 5, 'Classes to list per image.')
+  flags.DEFINE_string('output_dir', None, 'Also write OUTPUT_DIR/predictions.json.')
+  flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) < 2:
+    raise app.UsageError('Give one or more image files or folders.')
+  quiet_logs()
+  result = predict(flags.FLAGS.workdir, argv[1:], checkpoint=flags.FLAGS.checkpoint,
+                   ten_crop=flags.FLAGS.ten_crop, k=flags.FLAGS.top_k)
+  crops = 'ten patches averaged' if result['crops'] == 'ten_crop' else 'centre crop'
+  print(f'{result["workdir"]} step {result["step"]} ({result["checkpoint"]}), {crops}:')
+  print(result.pop('text'))
+  if flags.FLAGS.output_dir:
+    os.makedirs(flags.FLAGS.output_dir, exist_ok=True)
+    out = os.path.join(flags.FLAGS.output_dir, 'predictions.json')
+    with open(out, 'w') as f:
+      json.dump(result, f, indent=2)
+    print(f'Wrote {out}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
