@@ -239,6 +239,6 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  _app.run(main)
+  cli.run(main)

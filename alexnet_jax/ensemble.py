@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import predict
 
 RESULT = 'ensemble.json'
@@ -148,4 +149,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

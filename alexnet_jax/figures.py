@@ -34,6 +34,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import augment
 from alexnet_jax import models
 from alexnet_jax import predict
@@ -374,4 +375,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import models
@@ -218,4 +219,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 from etils import epath
 
+from alexnet_jax import cli
 from alexnet_jax import sweep as sweep_lib
 
 FLAGS = flags.FLAGS
@@ -401,4 +402,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

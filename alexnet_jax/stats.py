@@ -43,6 +43,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from alexnet_jax import augment
+from alexnet_jax import cli
 
 MEAN_MODES = ('image', 'channel', 'none')  # config.input.mean
 
@@ -202,4 +203,4 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from alexnet_jax import cli
 from alexnet_jax import models
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -130,4 +131,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

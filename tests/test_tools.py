@@ -8,6 +8,8 @@ applied by hand, NumPy averages).
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -21,6 +23,8 @@ from alexnet_jax import predict
 from alexnet_jax import stats as stats_lib
 from alexnet_jax import train
 from tests.test_train import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _digits_config(seed, **overrides):
@@ -311,3 +315,31 @@ def test_commands_have_help(module, flag):
   out = subprocess.run([sys.executable, '-m', f'alexnet_jax.{module}', '--help'],
                        capture_output=True, text=True, cwd=root)
   assert flag in out.stdout, out.stdout + out.stderr
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
+  """The tools (cli.run) answer a user's mistake with one ERROR line, status 1."""
+  from alexnet_jax import cli
+
+  def missing(argv):
+    del argv
+    raise FileNotFoundError(f'No checkpoint in {tmp_path / "nowhere"}.')
+  with pytest.raises(SystemExit) as e:
+    cli.guarded(missing)(['prog'])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == f'ERROR: No checkpoint in {tmp_path / "nowhere"}.\n'
+
+  def bug(argv):
+    del argv
+    raise KeyError('a bug keeps its traceback')
+  with pytest.raises(KeyError):
+    cli.guarded(bug)(['prog'])
+
+  image = tmp_path / 'a.png'
+  image.write_bytes(b'not used')
+  r = subprocess.run([sys.executable, '-m', 'alexnet_jax.predict',
+                      f'--workdir={tmp_path / "no_run"}', str(image)],
+                     capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert r.returncode == 1, r.stderr
+  assert 'Traceback' not in r.stderr
+  assert 'ERROR:' in r.stderr and 'no_run' in r.stderr
