@@ -55,9 +55,15 @@ class _QuietLibraries(logging.logging.Filter):
   """Drops libraries' INFO chatter (orbax saves, JAX backends) from the console;
   their warnings and all of alexnet_jax's own lines still show."""
 
+  # Warnings that only restate what our own error says next (tfds probing an
+  # unprepared data_dir before DatasetNotFoundError names the preparation).
+  _RESTATED = ('has no dataset_info.json',)
+
   def filter(self, record):
+    if f'{os.sep}alexnet_jax{os.sep}' in record.pathname:
+      return True
     return (record.levelno >= logging.logging.WARNING
-            or f'{os.sep}alexnet_jax{os.sep}' in record.pathname)
+            and not any(r in record.getMessage() for r in self._RESTATED))
 
 
 # TensorFlow's C++ start-up lines, written at import whatever TF_CPP_MIN_LOG_LEVEL says.
