@@ -299,6 +299,13 @@ def validate(config, *, num_devices: Optional[int] = None,
       bad('model.num_classes', config.model.num_classes,
           f'the dataset has {dataset_info.num_classes} classes; set '
           f'--config.model.num_classes={dataset_info.num_classes}.')
+  if dataset_info is not None and _is_int(_get(config, 'batch_size')):
+    # An epoch is num_train // batch_size steps (input_pipeline.steps_per_epoch).
+    if 0 < dataset_info.num_train < config.batch_size:
+      bad('batch_size', config.batch_size,
+          f'the training split has only {dataset_info.num_train} images, less than one '
+          f'global batch; set --config.batch_size={dataset_info.num_train} or less, or '
+          'add training images.')
   return problems
 
 

@@ -16,15 +16,13 @@ SIGTERM/SIGINT with a checkpoint saved (rerun the same command to resume);
 """
 
 import os
-import re
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from alexnet_jax import cli
 from alexnet_jax import config_checks
 
 USAGE_ERROR = 2   # exit status: the command line or the config cannot run
@@ -51,53 +49,12 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['workdir'])
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Drops libraries' INFO chatter (orbax saves, JAX backends) from the console;
-  their warnings and all of alexnet_jax's own lines still show."""
-
-  # Warnings that only restate what our own error says next (tfds probing an
-  # unprepared data_dir before DatasetNotFoundError names the preparation).
-  _RESTATED = ('has no dataset_info.json',)
-
-  def filter(self, record):
-    if f'{os.sep}alexnet_jax{os.sep}' in record.pathname:
-      return True
-    return (record.levelno >= logging.logging.WARNING
-            and not any(r in record.getMessage() for r in self._RESTATED))
-
-
-# TensorFlow's C++ start-up lines, written at import whatever TF_CPP_MIN_LOG_LEVEL says.
-_TF_IMPORT_NOISE = re.compile(
-    r'^(I\d{4} |WARNING: All log messages before absl::InitializeLog|'
-    r'To enable the following instructions)')
-
-
-def _import_tensorflow():
-  """Imports TensorFlow with its C++ INFO lines (oneDNN, CPU features) dropped;
-  anything else it writes to stderr is passed on."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile(mode='w+b') as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      kept = [line for line in captured.read().decode(errors='replace').splitlines(True)
-              if not _TF_IMPORT_NOISE.match(line)]
-      sys.stderr.write(''.join(kept))
-  return tf
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  cli.quiet_library_logs()
   # Keep TensorFlow (the input pipeline) off the accelerators JAX uses.
-  tf = _import_tensorflow()
+  tf = cli.import_tensorflow_quietly()
   tf.config.experimental.set_visible_devices([], 'GPU')
   tf.config.experimental.set_visible_devices([], 'TPU')
 

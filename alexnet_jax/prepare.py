@@ -47,6 +47,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from alexnet_jax import cli
+
 FORMAT = 'alexnet_jax.prepared/1'
 PLAN = 'prepare.json'
 _INCOMPLETE = '.incomplete'
@@ -423,4 +425,4 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -23,7 +23,7 @@ from configs import imagenette
 from configs import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-Info = collections.namedtuple('Info', 'num_classes')
+Info = collections.namedtuple('Info', 'num_classes num_train', defaults=(10**6,))
 
 
 def _config(**overrides):
@@ -103,6 +103,14 @@ def test_classes_against_the_real_digits_dataset():
   problems = config_checks.validate(config, dataset_info=input_pipeline.dataset_info(config))
   assert problems == ['config.model.num_classes=5: the dataset has 10 classes; set '
                       '--config.model.num_classes=10.']
+
+
+def test_a_batch_larger_than_the_training_split_is_refused():
+  config = _config(**{'batch_size': 2048})   # digits: 1,437 training images
+  problems = config_checks.validate(config, dataset_info=input_pipeline.dataset_info(config))
+  assert problems == ['config.batch_size=2048: the training split has only 1437 images, '
+                      'less than one global batch; set --config.batch_size=1437 or less, '
+                      'or add training images.']
 
 
 def test_every_problem_is_reported_at_once():
