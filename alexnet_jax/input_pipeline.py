@@ -107,7 +107,15 @@ def make_recipe(config) -> pp.Recipe:
       fast_train_resample=inp.get('fast_train_resample', True),
       random_resized_crop=inp.random_resized_crop,
       rrc_area=tuple(inp.get('rrc_area', (0.08, 1.0))),
-      rrc_aspect=tuple(inp.get('rrc_aspect', (3 / 4, 4 / 3))))
+      rrc_aspect=tuple(inp.get('rrc_aspect', (3 / 4, 4 / 3))),
+      base_jpegs=_prepared_jpegs(config))
+
+
+def _prepared_jpegs(config) -> bool:
+  """Whether the source is prepared R x R JPEGs (the resize_size is checked on loading)."""
+  if data_sources.source_name(config) != 'prepared' or not config.dataset.get('prepared_dir'):
+    return False
+  return data_sources.read_manifest(config.dataset.prepared_dir).get('encoding') == 'jpeg'
 
 
 def _options(config) -> tf.data.Options:
@@ -241,19 +249,22 @@ def train_iterator(config, *, batch_size: int, start_step: int = 0,
     ds = split.epoch(e, spe, batch_size, process_index, process_count, seed)
     ds = ds.skip(tf.where(e == first_epoch, tf.constant(first_skip * batch_size, tf.int64),
                           tf.constant(0, tf.int64)))
-    return ds.map(lambda position, key: (e, position, key))
+    # The pass's part of every image's seed, folded once per pass, not per image.
+    epoch_rng = data_sources.fold(tf.constant([seed, data_sources.AUGMENT], tf.int64),
+                                  e, shard)
+    return ds.map(lambda position, key: (epoch_rng, position, key))
 
   def load(element):
-    e, position, key = element
+    epoch_rng, position, key = element
     ex = split.load(key)
-    rng = data_sources.fold(tf.constant([seed, data_sources.AUGMENT], tf.int64),
-                            e, shard, position)
+    rng = data_sources.fold(epoch_rng, position)  # = fold([seed, AUGMENT], e, shard, position)
     return {**pp.train_example(ex['image'], rng, recipe), 'label': ex['label']}
 
   first_seq = start_step * batch_size  # seq: examples since step 0 (this process)
   keys = tf.data.Dataset.range(first_epoch, _INF_EPOCHS).flat_map(epoch)
   keys = keys.enumerate(start=first_seq)
-  _check_decodes(split, lambda key: load((tf.constant(0, tf.int64),) * 2 + (key,)))
+  _check_decodes(split, lambda key: load((tf.constant([0, 0], tf.int64),
+                                          tf.constant(0, tf.int64), key)))
   ds = _decode(keys, load).batch(batch_size).prefetch(_AUTOTUNE)
   ds = ds.with_options(_options(config))
 

@@ -28,7 +28,8 @@ upsampling differs, so windows carry a margin).
   difference between 1.5x and 2x PyTorch's throughput.
   Originals that are already R x R (the prepared 256 x 256 data) are cropped
   straight out of the JPEG, without resampling (detected from the JPEG
-  header's shape at run time).
+  header's shape at run time; with ``Recipe.base_jpegs``, set for prepared
+  JPEG data, known in advance, which saves the header check's ops per image).
 
 Images are either encoded strings (JPEG, or PNG/GIF/BMP, including PNGs named
 .JPEG; greyscale and CMYK JPEGs decode to RGB) or uint8 arrays (H, W, C) with
@@ -232,6 +233,9 @@ class Recipe(NamedTuple):
   random_resized_crop: bool = False
   rrc_area: Tuple[float, float] = (0.08, 1.0)
   rrc_aspect: Tuple[float, float] = (3 / 4, 4 / 3)
+  # Every original is an R x R JPEG (prepared data, alexnet_jax.prepare): training
+  # patches are cut straight out of it, without reading the header first.
+  base_jpegs: bool = False
 
 
 def to_uint8(x: tf.Tensor) -> tf.Tensor:
@@ -289,16 +293,32 @@ def train_example(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> dict:
   'alpha': float32 (3,), the PCA-lighting draw N(0, pca_std^2).
   ``seed``: (2,) int, this image in this pass; every draw is a function of it.
   An original that is already R x R (prepared data) is cropped without
-  resampling; otherwise bilinear patches use ``rounded_window``
+  resampling (``base_jpegs``: every original is an R x R JPEG, no header
+  check; one that is not fails to decode and is reported as corrupt); otherwise bilinear patches use ``rounded_window``
   (``fast_train_resample``), antialiased ones the exact ``resample``.
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
   s, r = recipe.crop_size, recipe.resize_size
-  shape = image_shape(image)
   flip = (tf.random.stateless_uniform([], seeds[1]) < 0.5 if recipe.flip
           else tf.constant(False))
   alpha = (tf.random.stateless_normal([3], seeds[2], stddev=recipe.pca_std)
            if recipe.pca_std > 0 else tf.zeros([3]))
+  if recipe.base_jpegs and not recipe.random_resized_crop:
+    # What the general path below computes for an R x R original, in fewer
+    # ops (a tf.data map runs them once per image): geometry offset 0, size R.
+    if recipe.random_crop:
+      offset = tf.random.stateless_uniform(
+          [2], seeds[0], minval=0, maxval=tf.int32.max, dtype=tf.int32) % (r - s + 1)
+    else:
+      offset = tf.constant([(r - s) // 2] * 2, tf.int32)
+    lo = tf.maximum(offset - _JPEG_MARGIN, 0)
+    window = tf.io.decode_and_crop_jpeg(
+        image, tf.concat([lo, tf.minimum(offset + (s + _JPEG_MARGIN), r) - lo], 0),
+        channels=3)
+    x = tf.slice(window, tf.concat([offset - lo, [0]], 0), [s, s, 3])
+    x.set_shape([s, s, 3])
+    return {'image': x, 'offset': offset, 'flip': flip, 'alpha': alpha}
+  shape = image_shape(image)
   if recipe.random_resized_crop:
     x = to_uint8(_random_resized_crop(image, shape, seeds[0], recipe))
     offset = tf.zeros([2], tf.int32)

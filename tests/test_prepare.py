@@ -236,6 +236,44 @@ def test_every_process_reads_its_own_examples(lossless):
     assert len(seen) == len(set(seen)) == steps * 2 * count
 
 
+def test_training_on_prepared_jpegs_equals_the_general_recipe(folder, lossless, tmp_path,
+                                                              monkeypatch):
+  """Prepared JPEGs take a shorter path (no header check): same pixels and draws."""
+  out = tmp_path / 'jpeg'
+  prepare.prepare(_config(folder[0]), str(out), prepare.Settings(jpeg_quality=90, shard_size=5),
+                  splits=['train'], out=lambda _: None)
+  config = _config(prepared_dir=out)
+  assert ip.make_recipe(config).base_jpegs
+  assert not ip.make_recipe(_config(prepared_dir=lossless[0])).base_jpegs
+  assert not ip.make_recipe(_config(folder=folder[0])).base_jpegs
+  steps = 6  # two passes of 3 steps, and a resume inside the second
+  fast = ip.train_iterator(config, batch_size=4)
+  fast = [next(fast) for _ in range(steps)]
+  resumed = ip.train_iterator(config, batch_size=4, start_step=4)
+  monkeypatch.setattr(ip, '_prepared_jpegs', lambda config: False)
+  assert not ip.make_recipe(config).base_jpegs
+  general = ip.train_iterator(config, batch_size=4)
+  for k, (a, b) in enumerate(zip(fast, [next(general) for _ in range(steps)])):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+    if k >= 4:
+      r = next(resumed)
+      for key in a:
+        np.testing.assert_array_equal(r[key], a[key])
+  # The draws are those of seed fold([seed, AUGMENT], pass, process, position).
+  recipe = ip.make_recipe(config)
+  for k in range(steps):
+    e, step = divmod(k, 3)
+    for i in range(4):
+      rng = data_sources.fold(tf.constant([config.seed, data_sources.AUGMENT], tf.int64),
+                              e, 0, step * 4 + i)
+      want = pp.train_example(tf.io.encode_jpeg(tf.zeros([R, R, 3], tf.uint8)), rng, recipe)
+      np.testing.assert_array_equal(fast[k]['offset'][i], want['offset'].numpy())
+      np.testing.assert_array_equal(fast[k]['flip'][i], want['flip'].numpy())
+      np.testing.assert_array_equal(fast[k]['alpha'][i], want['alpha'].numpy())
+
+
 def test_train_and_eval_on_prepared_data(folder, lossless):
   root, _ = folder
   prepared = _config(prepared_dir=lossless[0])
