@@ -18,6 +18,7 @@ at once as CheckpointWriteError, with the partial directory removed.
 
 import contextlib
 import errno
+import json
 import os
 import time
 from typing import Any, Optional
@@ -46,7 +47,6 @@ def _shapes(tree: Any) -> dict:
 
 def describe(config, params: Any) -> dict:
   """The record saved beside each checkpoint, checked on restore."""
-  import json  # pylint: disable=g-import-not-at-top
   return {'model': config.model.to_dict(), 'param_shapes': _shapes(params),
           'config': json.loads(config.to_json_best_effort())}
 

@@ -73,6 +73,15 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(QuietLibraries())
 
 
+def results_only_logs() -> None:
+  """For the tools that print results (predict, ensemble, figures, convert):
+  warnings and errors only, and no orbax warnings below ERROR."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_logger().addFilter(
+      lambda r: r.levelno >= logging.logging.ERROR or 'orbax' not in r.pathname)
+
+
 def guarded(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], None]:
   """`main` with USER_ERRORS reported in one line (exit status 1)."""
   def wrapped(argv):

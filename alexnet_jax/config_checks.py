@@ -293,19 +293,28 @@ def validate(config, *, num_devices: Optional[int] = None,
             f'{tuple(mesh)} on {num_devices} devices; use a multiple of {data}, '
             f'e.g. {max(data, value // data * data)}.')
 
-  # ---------------------------------------------------------------- classes
-  if dataset_info is not None and _is_int(_get(config, 'model.num_classes')):
-    if dataset_info.num_classes != config.model.num_classes:
-      bad('model.num_classes', config.model.num_classes,
-          f'the dataset has {dataset_info.num_classes} classes; set '
-          f'--config.model.num_classes={dataset_info.num_classes}.')
-  if dataset_info is not None and _is_int(_get(config, 'batch_size')):
-    # An epoch is num_train // batch_size steps (input_pipeline.steps_per_epoch).
-    if 0 < dataset_info.num_train < config.batch_size:
-      bad('batch_size', config.batch_size,
-          f'the training split has only {dataset_info.num_train} images, less than one '
-          f'global batch; set --config.batch_size={dataset_info.num_train} or less, or '
-          'add training images.')
+  if dataset_info is not None:
+    problems += dataset_problems(config, dataset_info)
+  return problems
+
+
+def dataset_problems(config, dataset_info: Any) -> list[str]:
+  """What `config` asks of the dataset that `dataset_info`
+  (input_pipeline.dataset_info(config)) does not have: its class count, and at
+  least one global batch of training images (an epoch is num_train //
+  batch_size steps, input_pipeline.steps_per_epoch)."""
+  problems = []
+  classes = _get(config, 'model.num_classes')
+  if _is_int(classes) and dataset_info.num_classes != classes:
+    problems.append(f'config.model.num_classes={classes!r}: the dataset has '
+                    f'{dataset_info.num_classes} classes; set '
+                    f'--config.model.num_classes={dataset_info.num_classes}.')
+  batch = _get(config, 'batch_size')
+  if _is_int(batch) and 0 < dataset_info.num_train < batch:
+    problems.append(f'config.batch_size={batch!r}: the training split has only '
+                    f'{dataset_info.num_train} images, less than one global batch; set '
+                    f'--config.batch_size={dataset_info.num_train} or less, or add '
+                    'training images.')
   return problems
 
 
@@ -333,7 +342,11 @@ def workdir_problems(workdir: Optional[str]) -> list[str]:
 
 def check(config, *, num_devices: Optional[int] = None, dataset_info: Any = None) -> None:
   """Raises ConfigError listing every problem `validate` finds."""
-  problems = validate(config, num_devices=num_devices, dataset_info=dataset_info)
+  raise_any(validate(config, num_devices=num_devices, dataset_info=dataset_info))
+
+
+def raise_any(problems: Sequence[str]) -> None:
+  """Raises ConfigError listing `problems`, if there are any."""
   if problems:
     raise ConfigError(format_problems(problems))
 

@@ -207,8 +207,8 @@ def main(argv: Sequence[str]) -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top,multiple-imports
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
-  predict.quiet_logs()
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.results_only_logs()
   f = flags.FLAGS
   params = load_source(f.source, f.input, f.bgr)
   names = None

@@ -33,11 +33,12 @@ PAPER = (('1 CNN', 40.7, 18.2), ('5 CNNs', 38.1, 16.4), ('1 CNN*', 39.0, 16.6),
 _DATA_KEYS = ('source', 'name', 'folder', 'data_dir', 'eval_split')
 
 
-def topk_errors(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per-example top-1 and top-5 error (0/1) of (N, K) scores."""
-  top5 = np.argsort(-probs, axis=-1, kind='stable')[:, :5]
-  hit = top5 == labels[:, None]
-  return 1.0 - hit[:, 0], 1.0 - hit.any(-1)
+def _error_rates(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+  """Top-1 and top-5 error rates of (N, K) scores: train.topk_errors, the
+  definition the runs' own evaluation used, averaged in float64."""
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  top1, top5 = train.topk_errors(probs, labels)
+  return float(np.mean(np.asarray(top1, np.float64))), float(np.mean(np.asarray(top5, np.float64)))
 
 
 def _member_probs(run: predict.Run, ten_crop: bool, batch_size: int):
@@ -72,17 +73,16 @@ def evaluate(workdirs: Sequence[str], *, checkpoint: str = 'latest', ten_crop: b
       raise ValueError(f'{run.workdir} reads its eval images in another order.')
     labels = y
     total = probs if total is None else total + probs
-    top1, top5 = topk_errors(probs, y)
+    top1, top5 = _error_rates(probs, y)
     members.append({'workdir': run.workdir, 'step': run.step, 'seed': run.config.get('seed'),
-                    'top1_error': float(top1.mean()), 'top5_error': float(top5.mean())})
-  top1, top5 = topk_errors(total / len(runs), labels)
+                    'top1_error': top1, 'top5_error': top5})
+  top1, top5 = _error_rates(total / len(runs), labels)
   num_crops = runs[0].num_crops(ten_crop)
   return {'members': members, 'checkpoint': checkpoint,
           'crops': 'ten_crop' if ten_crop else 'centre', 'num_crops': num_crops,
           'num_images': int(len(labels)),
           'dataset': data,
-          'ensemble': {'models': len(runs), 'top1_error': float(top1.mean()),
-                       'top5_error': float(top5.mean())}}
+          'ensemble': {'models': len(runs), 'top1_error': top1, 'top5_error': top5}}
 
 
 def markdown(result: dict) -> str:
@@ -139,7 +139,7 @@ def define_flags():
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  predict.quiet_logs()
+  cli.results_only_logs()
   f = flags.FLAGS
   result = evaluate(f.workdirs, checkpoint=f.checkpoint, ten_crop=f.ten_crop,
                     batch_size=f.batch_size)

@@ -34,8 +34,8 @@ from absl import flags
 import jax
 import numpy as np
 
-from alexnet_jax import cli
 from alexnet_jax import augment
+from alexnet_jax import cli
 from alexnet_jax import models
 from alexnet_jax import predict
 
@@ -353,7 +353,7 @@ def main(argv: Sequence[str]) -> None:
   commands = ('fig1', 'fig3', 'fig4')
   if len(argv) != 2 or argv[1] not in commands:
     raise app.UsageError(f'Give one sub-command: {", ".join(commands)}.')
-  predict.quiet_logs()
+  cli.results_only_logs()
   f = flags.FLAGS
   if argv[1] in ('fig3', 'fig4') and not f.workdir:
     raise app.UsageError(f'{argv[1]} needs --workdir.')

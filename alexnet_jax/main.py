@@ -68,10 +68,8 @@ def main(argv):
     parallel.maybe_initialize_distributed()
     problems += config_checks.validate(config, num_devices=jax.device_count())
     if not problems:  # Then the dataset (cheap unless a tfds download is due).
-      problems = config_checks.validate(config, num_devices=jax.device_count(),
-                                        dataset_info=input_pipeline.dataset_info(config))
-    if problems:
-      raise config_checks.ConfigError(config_checks.format_problems(problems))
+      problems = config_checks.dataset_problems(config, input_pipeline.dataset_info(config))
+    config_checks.raise_any(problems)
     train.train_and_evaluate(config, workdir)
   except config_checks.ConfigError as e:
     print(f'ERROR: {e}', file=sys.stderr)

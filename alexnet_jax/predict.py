@@ -25,14 +25,13 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
-from alexnet_jax import cli
 from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import cli
 from alexnet_jax import models
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -95,14 +94,8 @@ def load_run(workdir: str, checkpoint: str = 'latest') -> Run:
   params, _, step = ckpt_lib.load_params(workdir, checkpoint)
   model = models.create_model(config.model)
   names = load_class_names(workdir, config, config.model.num_classes)
-  return Run(str(workdir), config, model, params, names, step, input_stats(config))
-
-
-def input_stats(config) -> augment.Stats:
-  """The statistics train_and_evaluate resolves for `config` (stats.for_device)."""
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import stats as stats_lib  # pylint: disable=g-import-not-at-top
-  return stats_lib.for_device(config, functools.partial(input_pipeline.stats_images, config))
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  return Run(str(workdir), config, model, params, names, step, train.input_statistics(config))
 
 
 def list_images(paths: Sequence[str]) -> list:
@@ -181,14 +174,6 @@ def predict(workdir: str, paths: Sequence[str], *, checkpoint: str = 'latest',
           'text': format_predictions(files, tops)}
 
 
-def quiet_logs() -> None:
-  """For the command-line tools: warnings and errors only, no orbax chatter."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  logging.set_verbosity(logging.WARNING)
-  logging.get_absl_logger().addFilter(
-      lambda r: r.levelno >= logging.logging.ERROR or 'orbax' not in r.pathname)
-
-
 def define_flags():
   flags.DEFINE_string('workdir', None, 'A training run (or alexnet_jax.convert output).')
   flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
@@ -203,7 +188,7 @@ def define_flags():
 def main(argv: Sequence[str]) -> None:
   if len(argv) < 2:
     raise app.UsageError('Give one or more image files or folders.')
-  quiet_logs()
+  cli.results_only_logs()
   result = predict(flags.FLAGS.workdir, argv[1:], checkpoint=flags.FLAGS.checkpoint,
                    ten_crop=flags.FLAGS.ten_crop, k=flags.FLAGS.top_k)
   crops = 'ten patches averaged' if result['crops'] == 'ten_crop' else 'centre crop'

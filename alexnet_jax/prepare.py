@@ -131,7 +131,7 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
   def encode(seq, key):
     ex = split.load(key)
     image, _ = pp.base_image(ex['image'], r, True, settings.antialias)  # (R, R, 3) float32
-    pixels = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    pixels = pp.to_uint8(image)
     if settings.encoding == 'png':
       data = tf.io.encode_png(pixels)
     else:
@@ -248,6 +248,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
             out: Callable[[str], None] = print) -> dict:
   """Writes (or finishes) the prepared dataset in output_dir; returns the manifest."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   if not output_dir:
     raise PrepareError('--output_dir is empty: name the directory to write.')
   if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
@@ -327,7 +328,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
   manifest['image_bytes'] = image_bytes
   manifest['bytes_per_image'] = image_bytes / max(images, 1)
   manifest['corrupt'] = corrupt
-  _atomic_write(os.path.join(output_dir, 'manifest.json'),
+  _atomic_write(os.path.join(output_dir, data_sources.MANIFEST),
                 json.dumps(manifest, indent=1, sort_keys=True))
   for f in tf.io.gfile.listdir(output_dir):  # leftovers of killed runs
     if f.endswith(_INCOMPLETE):

@@ -41,8 +41,8 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import resume_policy
-from alexnet_jax import workdir_lock
 from alexnet_jax import stats as stats_lib
+from alexnet_jax import workdir_lock
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -440,6 +440,12 @@ def evaluate(params: Any, config, *, eval_fn: Callable, sharding, ten_crop: bool
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
 
+def input_statistics(config) -> augment.Stats:
+  """The run's input statistics (mean image, PCA; stats.for_device), read from
+  the training images where config asks for computed ones."""
+  return stats_lib.for_device(config, functools.partial(input_pipeline.stats_images, config))
+
+
 def init_params_from(config, fresh: Any) -> Any:
   """config.init_from's parameters, with the layers in config.init_reinit (e.g.
   fc8 for a new class count) kept at their fresh initialization."""
@@ -521,9 +527,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
 
   # ----------------------------------------------------------------- input
   info = input_pipeline.dataset_info(config)
-  if info.num_classes != config.model.num_classes:
-    raise ValueError(f'The dataset has {info.num_classes} classes but '
-                     f'config.model.num_classes={config.model.num_classes}.')
+  config_checks.raise_any(config_checks.dataset_problems(config, info))
   # The same epoch length as the input stream's (it drops each pass's remainder).
   spe = input_pipeline.steps_per_epoch(info.num_train, config.batch_size)
   num_steps = total_steps(config, spe)
@@ -531,8 +535,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
 
   # Section 2 / 4.1 statistics (mean image, PCA), resolved once per run and
   # passed to the jitted steps, which finish the preprocessing on the device.
-  input_stats = stats_lib.for_device(
-      config, functools.partial(input_pipeline.stats_images, config))
+  input_stats = input_statistics(config)
   stats_sharding = augment.stats_shardings(parallel.replicated(mesh))
   input_stats = jax.tree.map(
       lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
@@ -670,7 +673,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
         is_eval = step % eval_every == 0 or step == num_steps
         stop = preempted.any_host(step, config.log_every_steps)
         # Evaluation steps are saved first, so a failed or killed evaluation loses nothing.
-        is_save = is_eval or stop or step == num_steps or ckpt.should_save(step)
+        is_save = is_eval or stop or ckpt.should_save(step)  # is_eval: also the last step
         if is_log or is_save:  # Checks finiteness before anything is saved.
           window += step_metrics(history, step - len(history) + 1)
           history = []
@@ -717,7 +720,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
              'eval_loss': last_eval.get('eval_loss'),
              'eval_multicrop_top1_error': last_eval.get('eval_multicrop_top1_error'),
              'eval_multicrop_top5_error': last_eval.get('eval_multicrop_top5_error'),
-             'eval_multicrop_crops': ((10 if config.input.flip else 5)
+             'eval_multicrop_crops': (augment.num_eval_crops(config.input.flip)
                                       if config.eval.ten_crop else None)}
   except Exception as e:  # Let in-flight saves commit; the error says what to do.
     with contextlib.suppress(Exception):
