@@ -1,30 +1,40 @@
-"""The command-line tools' console: a user's mistake is one line, not a traceback,
-and one line per event (no TensorFlow start-up chatter, no libraries' INFO lines).
+"""The one command-line pattern of every tool (main, predict, figures, ensemble,
+convert, prepare, stats, summary, report, sweep): a user's mistake is one
+line, not a traceback, and one line per event (no TensorFlow start-up
+chatter, no libraries' INFO lines).
 
+    def define_flags(): ...           # the tool's flags (cli.config_flag for --config)
+    def main(argv): ...               # argv[1:]: the positional arguments, if any
     if __name__ == '__main__':
-      define_flags()
-      cli.run(main)
+      cli.run(main, define_flags, args='IMAGE...')   # args=None: none allowed
 
-`run` is absl's app.run with the errors a user causes and can fix (a missing
-file or workdir, a value the data or the checkpoint does not allow, a
-checkpoint of another config) printed as one `ERROR:` line on stderr, exit
-status 1. Set ALEXNET_JAX_TRACEBACK=1 to see the traceback instead.
-(`alexnet_jax.main` has its own statuses: 2 config problems, 75 preempted.)
+`run` defines the flags, parses them (a bad value, e.g. --config.batch_size=abc,
+is one `ERROR:` line, status 2), refuses positional arguments a tool does not
+take (status 2), and runs `main` with the errors a user causes and can fix
+printed as one `ERROR:` line on stderr: a config problem (ConfigError) status
+2; a missing file or workdir, a value the data or the checkpoint does not
+allow, a checkpoint of another config status 1; a signal after a checkpoint
+was saved (preemption.Preempted) status 75. Set ALEXNET_JAX_TRACEBACK=1 to see
+tracebacks instead.
 """
 
+import difflib
 import os
 import re
 import sys
 import tempfile
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from absl import app
+from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
-ERROR_STATUS = 1
+ERROR_STATUS = 1   # a user's error found while running (missing data, a bad checkpoint)
+USAGE_STATUS = 2   # the command line or the config cannot run; nothing was done
 # What a user causes and can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               PermissionError, ValueError)
+               PermissionError, ValueError, OSError)
 
 
 class QuietLibraries(logging.logging.Filter):
@@ -82,21 +92,202 @@ def results_only_logs() -> None:
       lambda r: r.levelno >= logging.logging.ERROR or 'orbax' not in r.pathname)
 
 
+# --------------------------------------------------------------------------
+# --config: mistyped keys and missing files, before the flag is defined
+# --------------------------------------------------------------------------
+
+
+def flat_keys(config: Mapping[str, Any], prefix: str = '') -> list[str]:
+  """Every dotted key of `config`, inner nodes included ('model', 'model.lrn')."""
+  keys = []
+  for k, v in config.items():
+    keys.append(prefix + k)
+    if hasattr(v, 'items'):   # a ConfigDict or dict
+      keys += flat_keys(v, f'{prefix}{k}.')
+  return keys
+
+
+def override_keys(argv: Sequence[str], name: str = 'config') -> list[str]:
+  """The KEYs of `--config.KEY[=VALUE]` / `--noconfig.KEY` arguments in `argv`."""
+  pattern = re.compile(rf'^--?(?:no)?{re.escape(name)}\.([^=]+)')
+  return [m.group(1) for m in map(pattern.match, argv) if m]
+
+
+def unknown_keys(keys: Iterable[str], config: Mapping[str, Any]) -> list[str]:
+  """One line per key in `keys` that `config` lacks, with the closest keys."""
+  known = flat_keys(config)
+  problems = []
+  for key in keys:
+    if key in known:
+      continue
+    parent, _, leaf = key.rpartition('.')
+    if parent and parent not in known:   # A mistyped group: compare whole keys.
+      parent, leaf = '', key
+    siblings = [k for k in known if k.rpartition('.')[0] == parent]
+    names = {k.rpartition('.')[2]: k for k in siblings}
+    close = [names[n] for n in difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)]
+    close += [k for n, k in names.items() if n.startswith(leaf) and k not in close]
+    if not parent:
+      close = difflib.get_close_matches(key, known, n=3, cutoff=0.8) or close
+    hint = (f' Did you mean: {", ".join(close[:3])}?' if close else
+            f' Keys under {parent}: {", ".join(siblings)}.' if parent and siblings else
+            f' config.{parent} is a value, not a group of keys.' if parent else
+            f' Top-level keys: {", ".join(siblings)}.')
+    problems.append(f"Unknown config key '{key}'.{hint}")
+  return problems
+
+
+def config_arg(argv: Sequence[str]) -> Optional[str]:
+  """The value of argv's --config flag (`path[:arg]`), None without one."""
+  value = None
+  for i, arg in enumerate(argv):
+    if re.match(r'^--?config=', arg):
+      value = arg.split('=', 1)[1]
+    elif re.fullmatch(r'--?config', arg) and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def base_config(argv: Sequence[str], default_config: str):
+  """The config of argv's --config file (default_config without one), without
+  its overrides; None if it does not load (the flag parser then says why)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  value = config_arg(argv)
+  args = ['main'] + ([f'--config={value}'] if value is not None else [])
+  fv = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_file('config', default_config, flag_values=fv,
+                                    lock_config=False, sys_argv=args)
+    fv(args)
+    return fv['config'].value
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def config_flag_problems(argv: Sequence[str], default_config: Optional[str]) -> list[str]:
+  """A --config file that does not exist, or --config.KEY overrides it lacks
+  (`unknown_keys`)."""
+  value = config_arg(argv)
+  if value is not None and not os.path.isfile(value.split(':', 1)[0]):
+    here = os.path.dirname(default_config) if default_config else 'configs'
+    return [f'--config={value}: no such file. The configs are '
+            f'{", ".join(os.path.join(os.path.basename(here), f) for f in sorted(os.listdir(here)) if f.endswith(".py") and not f.startswith("_"))} '
+            '(path[:arg], relative to the current directory).']
+  keys = override_keys(argv)
+  config = base_config(argv, default_config) if keys else None
+  return [] if config is None else unknown_keys(keys, config)
+
+
+
+def fail(message: str, status: int = ERROR_STATUS) -> None:
+  """One `ERROR:` line per line of `message` on stderr, then exit `status`."""
+  print('\n'.join(f'ERROR: {line}' if i == 0 else line
+                  for i, line in enumerate(str(message).splitlines() or [''])),
+        file=sys.stderr)
+  sys.exit(status)
+
+
+def config_flag(default: Optional[str], help_text: str = 'Config file (configs/*.py[:arg]).',
+                flag_values: flags.FlagValues = flags.FLAGS, sys_argv=None):
+  """The common --config flag (ml_collections config_flags, lock_config=True, so
+  a mistyped --config.KEY fails instead of being ignored)."""
+  return config_flags.DEFINE_config_file('config', default, help_text, flag_values=flag_values,
+                                         lock_config=True, sys_argv=sys_argv)
+
+
+def workdir_flag(help_text: str, required: bool = False) -> None:
+  flags.DEFINE_string('workdir', None, help_text)
+  if required:
+    flags.mark_flags_as_required(['workdir'])
+
+
+def checkpoint_flag() -> None:
+  flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
+                    "The run's latest checkpoint, or its best by validation top-1 error.")
+
+
+def output_dir_flag(help_text: str, required: bool = False) -> None:
+  flags.DEFINE_string('output_dir', None, help_text)
+  if required:
+    flags.mark_flags_as_required(['output_dir'])
+
+
+# Errors a user can act on, with their exit status: registered by the modules
+# that define them (`user_error`), so that this module imports none of them.
+_REGISTERED = []
+
+
+def user_error(cls, status: int = ERROR_STATUS):
+  """Registers `cls` (also as a class decorator): its errors are a user's,
+  reported in one line with exit `status` (PREEMPTED_EXIT_CODE: no line)."""
+  _REGISTERED.append((cls, status))
+  return cls
+
+
+def _status_of(error: BaseException) -> Optional[int]:
+  """The exit status of an error a user can act on; None for a bug."""
+  for cls, status in _REGISTERED:
+    if isinstance(error, cls):
+      return status
+  return ERROR_STATUS if isinstance(error, USER_ERRORS) else None
+
+
 def guarded(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], None]:
-  """`main` with USER_ERRORS reported in one line (exit status 1)."""
+  """`main` with a user's errors reported in one line and their exit status."""
   def wrapped(argv):
     try:
       return main(argv)
-    except USER_ERRORS as e:
-      if os.environ.get('ALEXNET_JAX_TRACEBACK'):
+    except Exception as e:  # pylint: disable=broad-except
+      status = _status_of(e)
+      if status is None or os.environ.get('ALEXNET_JAX_TRACEBACK'):
         raise
-      print(f'ERROR: {e}', file=sys.stderr)
-      sys.exit(ERROR_STATUS)
+      if status in (ERROR_STATUS, USAGE_STATUS):
+        fail(str(e), status)
+      sys.exit(status)  # Preempted: the loop already logged where it stopped.
   return wrapped
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-  def quiet_main(argv):
+def _parse_flags(argv: Sequence[str]) -> list:
+  """absl's flag parsing, with a bad flag or value as one ERROR line (status 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f'{str(e).rstrip(".")}. See --help.', USAGE_STATUS)
+
+
+def run(main: Callable[[Sequence[str]], Any], define_flags: Optional[Callable[[], None]] = None,
+        *, args: Optional[str] = None, results_only: bool = False,
+        optional_args: bool = False, config_default: Optional[str] = '') -> None:
+  """Defines the tool's flags, parses them and runs `main` (see the module doc).
+
+  args: what the positional arguments are (e.g. 'IMAGE...'), shown when they are
+  missing (unless optional_args); None: the tool takes none, and any is refused
+  in one line.
+  results_only: tools that print results (predict, ensemble, figures, convert)
+  log warnings and errors only.
+  config_default: for a tool with a --config flag, its default (None: none).
+  A mistyped --config.KEY (with the closest keys) or a missing --config file
+  is then one line and status 2, checked before the flag is defined, instead
+  of absl's chained tracebacks (`AttributeError: "'lrm'"`, `OSError`).
+  """
+  if config_default != '':
+    problems = config_flag_problems(sys.argv, config_default)
+    if problems:
+      fail('\n'.join(problems), USAGE_STATUS)
+  if define_flags is not None:
+    define_flags()
+
+  def checked_main(argv):
     quiet_library_logs()
-    return guarded(main)(argv)
-  app.run(quiet_main)
+    if results_only:
+      results_only_logs()
+    if args is None and len(argv) > 1:
+      fail(f'Unexpected arguments: {" ".join(argv[1:])} (this command takes flags only; '
+           'see --help).', USAGE_STATUS)
+    if args is not None and not optional_args and len(argv) < 2:
+      fail(f'Give {args}; see --help.', USAGE_STATUS)
+    status = guarded(main)(argv)
+    sys.exit(status if isinstance(status, int) else 0)
+
+  app.run(checked_main, flags_parser=_parse_flags)

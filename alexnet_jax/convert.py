@@ -160,17 +160,18 @@ def write_workdir(workdir: str, config, params: Mapping[str, Any],
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import models  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import optimizer  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model)
-  tx = train.make_optimizer(config, steps_per_epoch=1)
-  fresh = jax.eval_shape(lambda: train.create_train_state(jax.random.key(0), model, tx))
+  tx = optimizer.make_optimizer(config, steps_per_epoch=1)
+  fresh = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
   extra = sorted(set(params) - set(fresh.params))
   if extra:
     raise ckpt_lib.CheckpointMismatchError(
         f'The weights have layers {extra} that model {config.model.name!r} lacks.')
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh.params)
   merged = ckpt_lib.merge_params(zeros, params, (), 'the imported weights')
-  state = train.TrainState(step=np.zeros((), np.int32), params=merged,
+  state = steps.TrainState(step=np.zeros((), np.int32), params=merged,
                            opt_state=tx.init(merged),
                            plateau={'best': np.float32(np.inf), 'bad_evals': np.int32(0),
                                     'drops': np.int32(0)})
@@ -204,11 +205,8 @@ def load_source(source: str, path: str, bgr: bool = False) -> dict:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,multiple-imports
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.results_only_logs()
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   params = load_source(f.source, f.input, f.bgr)
   names = None
@@ -223,22 +221,19 @@ def main(argv: Sequence[str]) -> None:
         f'({f.source}{", BGR->RGB" if f.bgr else ""}).')
 
 
-def _define_flags():
+def define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', None, 'The config the weights fit '
-                                  '(configs/torchvision.py, configs/ilsvrc.py).',
-                                  lock_config=True)
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.config_flag(None, 'The config the weights fit (configs/torchvision.py, configs/ilsvrc.py).')
   flags.DEFINE_enum('source', None, ['torchvision', 'nchw'], 'The format of --input.')
   flags.DEFINE_string('input', None, 'A .pth (torchvision) or .npz (nchw) file.')
   flags.DEFINE_bool('bgr', False, 'nchw: conv1 was trained on BGR images (Caffe).')
   flags.DEFINE_string('class_names', None, 'A JSON list or a text file of one name '
                       'per line, in class-id order.')
-  flags.DEFINE_string('workdir', None, 'The new workdir to write.')
-  flags.mark_flags_as_required(['config', 'source', 'input', 'workdir'])
+  cli.workdir_flag('The new workdir to write.', required=True)
+  flags.mark_flags_as_required(['config', 'source', 'input'])
 
 
 if __name__ == '__main__':
   from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  cli.run(main)
+  cli.run(main, define_flags, results_only=True, config_default=None)

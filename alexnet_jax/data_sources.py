@@ -391,13 +391,13 @@ def _folder_source(root: str, train_split: str, eval_split: str) -> Source:
 # ------------------------------------------------------------------- tfds
 
 
-def _tfds_data_dir(spec) -> str:
+def tfds_data_dir(spec) -> str:
   return (spec.data_dir or os.environ.get('TFDS_DATA_DIR')
           or os.path.expanduser('~/tensorflow_datasets'))
 
 
 def _manual_dir(spec) -> str:
-  return spec.manual_dir or os.path.join(_tfds_data_dir(spec), 'downloads', 'manual')
+  return spec.manual_dir or os.path.join(tfds_data_dir(spec), 'downloads', 'manual')
 
 
 def tfds_build_command(spec) -> str:
@@ -406,7 +406,7 @@ def tfds_build_command(spec) -> str:
   command = 'python -m alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build'
   if name != 'imagenet2012':
     command += f' --config.dataset.name={spec.name}'
-  command += f' --config.dataset.data_dir={_tfds_data_dir(spec)}'
+  command += f' --config.dataset.data_dir={tfds_data_dir(spec)}'
   if name == 'imagenet2012' or spec.manual_dir:
     command += f' --config.dataset.manual_dir={_manual_dir(spec)}'
   return command
@@ -414,7 +414,7 @@ def tfds_build_command(spec) -> str:
 
 def _tfds_not_found(spec, builder=None) -> DatasetNotFoundError:
   """spec: config.dataset or a _TfdsSpec."""
-  name, data_dir = spec.name, _tfds_data_dir(spec)
+  name, data_dir = spec.name, tfds_data_dir(spec)
   manual = builder is not None and getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
   if name.split(':')[0].split('/')[0] == 'imagenet2012' or manual:
     files = ('ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from '
@@ -472,7 +472,7 @@ def check_download_reachable(builder, spec, timeout: float = 5.0) -> None:
           f'from\n{listing}\n'
           f'     into {manual_dir} (config.dataset.manual_dir) and rerun, or\n'
           f'  2. on a machine with network run: {tfds_build_command(spec)}\n'
-          f'     then copy {_tfds_data_dir(spec)} here and pass '
+          f'     then copy {tfds_data_dir(spec)} here and pass '
           f'--config.dataset.data_dir=<that copy>.') from None
 
 
@@ -527,7 +527,7 @@ def _tfds_source(spec: _TfdsSpec) -> Source:
     if not spec.download or getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
       raise _tfds_not_found(spec, builder)
     logging.info('Downloading and preparing tfds %s in %s (config.dataset.download=True).',
-                 spec.name, _tfds_data_dir(spec))
+                 spec.name, tfds_data_dir(spec))
     _download_and_prepare(spec)
   split = functools.lru_cache(maxsize=None)(
       lambda name: TfdsSplit(builder, name, spec))
@@ -589,7 +589,7 @@ SOURCES = ('auto', 'tfds', 'folder', 'digits', 'prepared')
 def source_name(config) -> str:
   """config.dataset.source with 'auto' resolved (raises on an ambiguous config)."""
   ds = config.dataset
-  source, folder, prepared = ds.source, ds.get('folder'), ds.get('prepared_dir')
+  source, folder, prepared = ds.source, ds.folder, ds.prepared_dir
   if source not in SOURCES:
     raise ValueError(f'config.dataset.source={source!r}; expected one of '
                      f'{", ".join(SOURCES)}.')
@@ -617,7 +617,7 @@ def for_config(config) -> Source:
   if source == 'folder':
     return _folder_source(ds.folder, ds.train_split, ds.eval_split)
   if source == 'prepared':
-    if not ds.get('prepared_dir'):
+    if not ds.prepared_dir:
       raise DatasetNotFoundError(
           'config.dataset.source="prepared" needs config.dataset.prepared_dir, the '
           'output_dir of `python -m alexnet_jax.prepare --config=... --output_dir=DIR`.')
@@ -628,7 +628,7 @@ def for_config(config) -> Source:
   return _tfds_source(_TfdsSpec(
       ds.name, ds.data_dir, ds.manual_dir, ds.image_key, ds.label_key,
       ds.train_split, ds.eval_split, ds.shuffle_buffer, ds.cache,
-      bool(ds.get('download', False))))
+      bool(ds.download)))
 
 
 def _check_prepared_matches(config) -> None:
@@ -640,15 +640,20 @@ def _check_prepared_matches(config) -> None:
         f'{manifest["resize_size"]} images but config.input.resize_size='
         f'{config.input.resize_size}; prepare again with this resize_size or set it '
         f'to {manifest["resize_size"]}.')
-  if manifest['antialias'] != bool(config.input.get('antialias', False)):
+  if manifest['antialias'] != bool(config.input.antialias):
     logging.log_first_n(
         logging.WARNING, '%s was resampled with antialias=%s, config.input.antialias=%s.',
         1, config.dataset.prepared_dir, manifest['antialias'],
-        config.input.get('antialias', False))
+        config.input.antialias)
 
 
-def dataset_info(config) -> DatasetInfo:
-  source = for_config(config)
+def info_of(source: Source) -> DatasetInfo:
+  """Sizes and classes of a resolved source."""
   return DatasetInfo(source.split(source.train_split).size,
                      source.split(source.eval_split).size, source.num_classes,
                      source.class_names)
+
+
+def dataset_info(config) -> DatasetInfo:
+  """Sizes and classes of the dataset config.dataset names (resolves it)."""
+  return info_of(for_config(config))

@@ -18,12 +18,12 @@ import json
 import os
 from typing import Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 
 from alexnet_jax import cli
 from alexnet_jax import predict
+from alexnet_jax import steps
 
 RESULT = 'ensemble.json'
 # Table 2, ILSVRC-2012 validation error rates (%); * = pre-trained on ImageNet
@@ -34,10 +34,9 @@ _DATA_KEYS = ('source', 'name', 'folder', 'data_dir', 'eval_split')
 
 
 def _error_rates(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-  """Top-1 and top-5 error rates of (N, K) scores: train.topk_errors, the
+  """Top-1 and top-5 error rates of (N, K) scores: steps.topk_errors, the
   definition the runs' own evaluation used, averaged in float64."""
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  top1, top5 = train.topk_errors(probs, labels)
+  top1, top5 = steps.topk_errors(probs, labels)
   return float(np.mean(np.asarray(top1, np.float64))), float(np.mean(np.asarray(top5, np.float64)))
 
 
@@ -45,7 +44,7 @@ def _member_probs(run: predict.Run, ten_crop: bool, batch_size: int):
   """(probs (N, K), labels (N,)) over the run's eval split, each image once."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   probs, labels = [], []
-  for batch in input_pipeline.eval_iterator(run.config, batch_size=batch_size,
+  for batch in input_pipeline.eval_iterator(input_pipeline.resolve(run.config), batch_size=batch_size,
                                             ten_crop=ten_crop):
     mask = batch['mask']
     p = predict.probabilities(run, batch['image'], ten_crop, batch_size)
@@ -129,17 +128,15 @@ def write(result: dict, output_dir: str) -> str:
 
 def define_flags():
   flags.DEFINE_list('workdirs', None, 'Comma-separated training runs (workdirs).')
-  flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'], "Each run's checkpoint.")
+  cli.checkpoint_flag()
   flags.DEFINE_bool('ten_crop', False, 'Average each model over the ten patches too.')
   flags.DEFINE_integer('batch_size', 128, 'Evaluation batch size.')
-  flags.DEFINE_string('output_dir', None, 'Writes ensemble.json and ensemble.md here.')
-  flags.mark_flags_as_required(['workdirs', 'output_dir'])
+  cli.output_dir_flag('Writes ensemble.json and ensemble.md here.', required=True)
+  flags.mark_flags_as_required(['workdirs'])
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.results_only_logs()
+  del argv
   f = flags.FLAGS
   result = evaluate(f.workdirs, checkpoint=f.checkpoint, ten_crop=f.ten_crop,
                     batch_size=f.batch_size)
@@ -148,5 +145,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run(main, define_flags, results_only=True)

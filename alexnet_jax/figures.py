@@ -29,7 +29,6 @@ import math
 import os
 from typing import Sequence
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -164,7 +163,7 @@ def train_images(config, n: int, batch_size: int = 64) -> tuple[np.ndarray, np.n
   config = centre_crop_config(config)
   n = min(n, input_pipeline.dataset_info(config).num_train)
   batch_size = min(batch_size, n)
-  it = input_pipeline.train_iterator(config, batch_size=batch_size)
+  it = input_pipeline.train_iterator(input_pipeline.resolve(config), batch_size=batch_size)
   batches = [next(it) for _ in range(n // batch_size)]
   return (np.concatenate([b['image'] for b in batches]),
           np.concatenate([b['label'] for b in batches]))
@@ -174,7 +173,7 @@ def eval_images(config, n: int) -> tuple[np.ndarray, np.ndarray]:
   """The first n evaluation images as uint8 (n, S, S, 3) centre crops, with labels."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   images, labels = [], []
-  for batch in input_pipeline.eval_iterator(config, batch_size=min(n, 128)):
+  for batch in input_pipeline.eval_iterator(input_pipeline.resolve(config), batch_size=min(n, 128)):
     images.append(batch['image'][batch['mask']])
     labels.append(batch['label'][batch['mask']])
     if sum(len(x) for x in labels) >= n:
@@ -253,7 +252,7 @@ def _cifar10_stats(config, output_dir: str) -> str:
   from alexnet_jax import stats  # pylint: disable=g-import-not-at-top
   path = os.path.join(output_dir, f'cifar10_stats_{config.input.resize_size}.npz')
   if not os.path.exists(path):
-    stats.save(stats.compute(input_pipeline.stats_images(config),
+    stats.save(stats.compute(input_pipeline.stats_images(input_pipeline.resolve(config)),
                              source='computed: cifar10 train'), path)
   return path
 
@@ -336,9 +335,9 @@ def format_fig1(result: dict) -> str:
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', None, 'fig3, fig4: the training run.')
-  flags.DEFINE_string('output_dir', None, 'Where the PNG and JSON files go.')
-  flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'], "fig3, fig4: the run's checkpoint.")
+  cli.workdir_flag('fig3, fig4: the training run.')
+  cli.output_dir_flag('Where the PNG and JSON files go.', required=True)
+  cli.checkpoint_flag()
   flags.DEFINE_integer('num_queries', 5, 'fig4: evaluation images to show.')
   flags.DEFINE_integer('neighbours', 6, 'fig4: nearest training images per query.')
   flags.DEFINE_integer('train_images', 10_000, 'fig4: training images searched.')
@@ -346,17 +345,15 @@ def define_flags():
   flags.DEFINE_float('epochs', 35, 'fig1: epochs per run.')
   flags.DEFINE_float('relu_lr', 0.001, 'fig1: the ReLU net\'s learning rate.')
   flags.DEFINE_float('tanh_lr', 0.001, 'fig1: the tanh net\'s learning rate.')
-  flags.mark_flags_as_required(['output_dir'])
 
 
 def main(argv: Sequence[str]) -> None:
   commands = ('fig1', 'fig3', 'fig4')
   if len(argv) != 2 or argv[1] not in commands:
-    raise app.UsageError(f'Give one sub-command: {", ".join(commands)}.')
-  cli.results_only_logs()
+    cli.fail(f'Give one sub-command: {", ".join(commands)}.', cli.USAGE_STATUS)
   f = flags.FLAGS
   if argv[1] in ('fig3', 'fig4') and not f.workdir:
-    raise app.UsageError(f'{argv[1]} needs --workdir.')
+    cli.fail(f'{argv[1]} needs --workdir.', cli.USAGE_STATUS)
   if argv[1] == 'fig3':
     r = fig3(f.workdir, f.output_dir, f.checkpoint)
     print(f'Wrote {r["png"]}: {r["kernels"]} conv1 kernels, {r["towers"]} tower(s), step {r["step"]}')
@@ -374,5 +371,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run(main, define_flags, args='one sub-command: fig1, fig3 or fig4', results_only=True)

@@ -9,23 +9,26 @@ lighting, pixel scale, cutting the test patches). The statistics (mean image,
 PCA) are resolved once per run by the training setup (``alexnet_jax.stats``),
 not here.
 
-INTERFACE (used by train.py):
+INTERFACE (used by train.py, the tools and the benchmarks):
 
-  dataset_info(config) -> DatasetInfo(num_train, num_eval, num_classes)
-      Raises DatasetNotFoundError naming the exact preparation steps.
-  train_iterator(config, *, batch_size, start_step=0, process_index=0, process_count=1)
+  data = resolve(config) -> Input(source, recipe, info, seed, threads)
+      The dataset resolved once: raises DatasetNotFoundError naming the exact
+      preparation steps. Everything below reads `data`, never the config.
+  train_iterator(data, *, batch_size, start_step=0, process_index=0, process_count=1)
       Infinite iterator of {'image': uint8 (b, S, S, 3), 'offset': int32 (b, 2),
       'flip': bool (b,), 'alpha': float32 (b, 3), 'label': int32 (b,)}
       (``preprocessing.train_example``; 154,612 bytes per example at S = 227),
-      b = per-process batch, S = config.model.input_size. Batch k is a
-      deterministic function of (config.seed, k, process_index, process_count),
+      b = per-process batch, S = data.recipe.crop_size. Batch k is a
+      deterministic function of (data.seed, k, process_index, process_count),
       so a run restarted with start_step=k continues the same stream.
-  eval_iterator(config, *, batch_size, ten_crop=False, process_index=0, process_count=1)
+  eval_iterator(data, *, batch_size, ten_crop=False, process_index=0, process_count=1)
       One pass over this process's share of the eval split; every process
       yields the same number of batches. {'image': uint8 (b, S, S, 3) centre
       patches, or with ten_crop the (b, R, R, 3) images the device cuts the
       patches from ((b, 5, S, S, 3) patches without a central crop), 'label':
       (b,), 'mask': bool (b,)}; padded examples have mask False.
+  stats_images(data, num_images=None) -> batches of R x R training images
+      for alexnet_jax.stats.
 
 Sources (config.dataset.source: 'tfds', 'folder', 'digits') are in
 ``alexnet_jax.data_sources``; all go through the same tf.data code here.
@@ -52,6 +55,7 @@ name is looked up (replaying the undecoded key stream), logged once and
 listed by ``corrupt_images()``.
 """
 
+import dataclasses
 import math
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -94,7 +98,8 @@ def _report_corrupt(names: Sequence[bytes], where: str) -> None:
 
 
 def make_recipe(config) -> pp.Recipe:
-  """config.input as a preprocessing.Recipe (the host's settings)."""
+  """config.input as a preprocessing.Recipe (the host's settings). Every value
+  comes from the config (configs/ilsvrc.py is the one place for defaults)."""
   inp = config.input
   return pp.Recipe(
       resize_size=inp.resize_size,
@@ -103,34 +108,56 @@ def make_recipe(config) -> pp.Recipe:
       random_crop=inp.random_crop,
       flip=inp.flip,
       pca_std=float(inp.pca_lighting),
-      antialias=inp.get('antialias', False),
-      fast_train_resample=inp.get('fast_train_resample', True),
+      antialias=inp.antialias,
+      fast_train_resample=inp.fast_train_resample,
       random_resized_crop=inp.random_resized_crop,
-      rrc_area=tuple(inp.get('rrc_area', (0.08, 1.0))),
-      rrc_aspect=tuple(inp.get('rrc_aspect', (3 / 4, 4 / 3))),
+      rrc_area=tuple(inp.rrc_area),
+      rrc_aspect=tuple(inp.rrc_aspect),
       base_jpegs=_prepared_jpegs(config))
 
 
 def _prepared_jpegs(config) -> bool:
   """Whether the source is prepared R x R JPEGs (the resize_size is checked on loading)."""
-  if data_sources.source_name(config) != 'prepared' or not config.dataset.get('prepared_dir'):
+  if data_sources.source_name(config) != 'prepared' or not config.dataset.prepared_dir:
     return False
   return data_sources.read_manifest(config.dataset.prepared_dir).get('encoding') == 'jpeg'
 
 
-def _options(config) -> tf.data.Options:
+@dataclasses.dataclass(frozen=True)
+class Input:
+  """A dataset resolved once from the config (`resolve`) and passed down: the
+  source, the host half of the recipe, and the settings the iterators read."""
+  source: data_sources.Source
+  recipe: pp.Recipe
+  info: DatasetInfo
+  seed: int
+  threads: int = 0   # tf.data threads; 0 = one per CPU core
+
+  @property
+  def train(self) -> data_sources.Split:
+    return self.source.split(self.source.train_split)
+
+  @property
+  def eval(self) -> data_sources.Split:
+    return self.source.split(self.source.eval_split)
+
+
+def resolve(config) -> Input:
+  """config.dataset and config.input resolved once (raises DatasetNotFoundError
+  with the preparation steps when the data is missing)."""
+  source = data_sources.for_config(config)
+  return Input(source=source, recipe=make_recipe(config),
+               info=data_sources.info_of(source), seed=int(config.seed),
+               threads=int(config.dataset.threads))
+
+
+def _options(threads: int) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  threads = config.dataset.get('threads', 0)
   if threads:
     options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
   return options
-
-
-# --------------------------------------------------------------------------
-# Images that do not decode: dropped in tf.data, their rows restored here
-# --------------------------------------------------------------------------
 
 
 def _decode(ds: tf.data.Dataset, fn: Callable) -> tf.data.Dataset:
@@ -234,15 +261,12 @@ def steps_per_epoch(num_train: int, global_batch: int) -> int:
   return steps
 
 
-def train_iterator(config, *, batch_size: int, start_step: int = 0,
+def train_iterator(data: Input, *, batch_size: int, start_step: int = 0,
                    process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Training batches from `start_step` on (see the module docstring)."""
-  source = data_sources.for_config(config)
-  split = source.split(source.train_split)
-  recipe = make_recipe(config)
+  split, recipe, seed = data.train, data.recipe, data.seed
   spe = steps_per_epoch(split.size, batch_size * process_count)
   first_epoch, first_skip = divmod(start_step, spe)
-  seed = config.seed
   shard = process_index if split.per_process_positions else 0
 
   def epoch(e):
@@ -266,7 +290,7 @@ def train_iterator(config, *, batch_size: int, start_step: int = 0,
   _check_decodes(split, lambda key: load((tf.constant([0, 0], tf.int64),
                                           tf.constant(0, tf.int64), key)))
   ds = _decode(keys, load).batch(batch_size).prefetch(_AUTOTUNE)
-  ds = ds.with_options(_options(config))
+  ds = ds.with_options(_options(data.threads))
 
   def name_of(seq):
     step, i = divmod(seq, batch_size)
@@ -296,16 +320,14 @@ def train_iterator(config, *, batch_size: int, start_step: int = 0,
 # --------------------------------------------------------------------------
 
 
-def eval_iterator(config, *, batch_size: int, ten_crop: bool = False,
+def eval_iterator(data: Input, *, batch_size: int, ten_crop: bool = False,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """One pass over this process's share of the eval split (section 4.1 test patches)."""
-  source = data_sources.for_config(config)
-  split = source.split(source.eval_split)
-  recipe = make_recipe(config)
+  split, recipe = data.eval, data.recipe
   keys, sizes = split.share(process_index, process_count)
   keys = keys.map(lambda *key: key[0] if len(key) == 1 else key).enumerate()
   num_batches = math.ceil(max(sizes) / batch_size)
-  s, r = config.model.input_size, recipe.resize_size
+  s, r = recipe.crop_size, recipe.resize_size
   shape = ([s, s, 3] if not ten_crop else [r, r, 3] if recipe.central_crop
            else [5, s, s, 3])
 
@@ -315,7 +337,7 @@ def eval_iterator(config, *, batch_size: int, ten_crop: bool = False,
     return {'image': image, 'label': ex['label']}
 
   ds = _decode(keys, load).batch(batch_size).prefetch(_AUTOTUNE)
-  batches = ds.with_options(_options(config)).as_numpy_iterator()
+  batches = ds.with_options(_options(data.threads)).as_numpy_iterator()
   mine = sizes[process_index]
   aligned = _aligned(batches, batch_size, 0, end=mine)
   for b in range(num_batches):
@@ -344,7 +366,7 @@ def eval_iterator(config, *, batch_size: int, ten_crop: bool = False,
 # --------------------------------------------------------------------------
 
 
-def stats_images(config, num_images: Optional[int] = None,
+def stats_images(data: Input, num_images: Optional[int] = None,
                  batch_size: int = 64) -> Iterator[np.ndarray]:
   """(n, R, R, 3) float32 0-255 training images (section 2: shorter side R, central crop).
 
@@ -353,19 +375,17 @@ def stats_images(config, num_images: Optional[int] = None,
   The first `num_images` (None: all) of training pass 0's order; images that
   do not decode are reported and left out.
   """
-  source = data_sources.for_config(config)
-  split = source.split(source.train_split)
+  split = data.train
   n = split.size if num_images is None else min(num_images, split.size)
-  r = config.input.resize_size
-  antialias = config.input.get('antialias', False)
-  keys = split.epoch(0, n, 1, 0, 1, config.seed)  # (position, key), position = seq
+  r, antialias = data.recipe.resize_size, data.recipe.antialias
+  keys = split.epoch(0, n, 1, 0, 1, data.seed)  # (position, key), position = seq
 
   def load(key):
     return {'image': pp.base_image_uint8(split.load(key)['image'], r, antialias)}
 
   _check_decodes(split, load)
   ds = _decode(keys, load).batch(batch_size).prefetch(_AUTOTUNE)
-  batches = ds.with_options(_options(config)).as_numpy_iterator()
+  batches = ds.with_options(_options(data.threads)).as_numpy_iterator()
   for start, values, present in _aligned(batches, batch_size, 0, end=n):
     real = start + np.arange(batch_size) < n
     if not present[real].all():
@@ -373,3 +393,4 @@ def stats_images(config, num_images: Optional[int] = None,
                'statistics')
     if values is not None:
       yield values['image'][present].astype(np.float32)
+

@@ -514,17 +514,18 @@ PRESETS = {
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
-def _paper_defaults() -> dict:
-  """AlexNet's field defaults: the paper's values, which every config carries."""
-  return {k: f.default for k, f in AlexNet.__dataclass_fields__.items()
-          if k not in ('parent', 'name')}
+def _recipe_model() -> dict:
+  """configs/ilsvrc.py's config.model: the recipe's values (the one place for
+  them), which every config built on it carries."""
+  from configs import ilsvrc  # pylint: disable=g-import-not-at-top
+  return dict(ilsvrc.get_config().model)
 
 
 def resolve_model_kwargs(name: str, kwargs: dict) -> dict:
   """config.model's keys for preset `name`: the preset owns what it fixes.
 
-  A key whose value is only the paper's AlexNet default (what configs/ilsvrc.py
-  and the configs built on it carry) gives way to the preset: its own widths
+  A key whose value is only the recipe's (what configs/ilsvrc.py and the
+  configs built on it carry) gives way to the preset: its own widths
   (alexnet_tiny) or no such field at all (torchvision and figure1 take no LRN,
   towers, ... keys). A key set to anything else that the preset fixes
   differently, or does not take, is refused with the keys named.
@@ -535,7 +536,7 @@ def resolve_model_kwargs(name: str, kwargs: dict) -> dict:
   cls = getattr(preset, 'func', preset)
   fixed = dict(getattr(preset, 'keywords', {}))
   fields = {f for f in cls.__dataclass_fields__ if f not in ('parent', 'name')}
-  paper = _paper_defaults()
+  paper = _recipe_model()
 
   norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
   is_paper = lambda k, v: k in paper and norm(v) == norm(paper[k])

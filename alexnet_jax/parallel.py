@@ -160,18 +160,6 @@ def data_shard(mesh: Mesh) -> tuple[int, int]:
   return mine[0] // n, mesh.shape[DATA] // n
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, name: str = 'batch_size') -> None:
-  """Raises ValueError unless the global `batch_size` splits evenly over the
-  'data' axis, and so over the processes that feed it (`data_shard`)."""
-  d = mesh.shape[DATA]
-  _, num_shards = data_shard(mesh)
-  if batch_size % d:
-    raise ValueError(f'config.{name}={batch_size} does not divide over the {d}-way data '
-                     f'axis of mesh {dict(mesh.shape)} ({jax.device_count()} devices, '
-                     f'{jax.process_count()} processes, {num_shards} feeding distinct '
-                     f'examples); use a multiple of {d}.')
-
-
 # --------------------------------------------------------------------------
 # The tower split (section 3.2)
 # --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ r"""Classify image files with a trained run: top-5 class names and probabilities
 
 Rebuilds the model and the evaluation preprocessing from W/config.json (the
 run's own resize, crop size, statistics and pixel scale: the uint8 pixels of
-preprocessing.eval_example, finished by train.eval_probs as in evaluation),
+preprocessing.eval_example, finished by steps.eval_probs as in evaluation),
 restores the parameters of W's latest or best checkpoint, and prints each
 image's top-k classes, named by W/class_names.json (written at training time).
 The default is the centre crop; --ten_crop averages the softmax over the
@@ -23,7 +23,6 @@ import json
 import os
 from typing import Any, Sequence
 
-from absl import app
 from absl import flags
 import jax
 import ml_collections
@@ -33,6 +32,8 @@ from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import cli
 from alexnet_jax import models
+from alexnet_jax import stats as stats_lib
+from alexnet_jax import steps
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
@@ -72,7 +73,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'{path} does not exist: --workdir must be a directory '
                             'that alexnet_jax.main (or alexnet_jax.convert) wrote.')
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    saved = _tuples(json.load(f))
+  # Keys a run of an earlier version did not record take the recipe's values
+  # (configs/ilsvrc.py, the one place for them).
+  from configs import ilsvrc  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(_overlay(_tuples(ilsvrc.get_config().to_dict()), saved))
+
+
+def _overlay(base: dict, saved: dict) -> dict:
+  """`saved` with the keys it lacks taken from `base`, recursively."""
+  out = dict(base)
+  for k, v in saved.items():
+    out[k] = _overlay(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+  return out
 
 
 def load_class_names(workdir: str, config, num_classes: int) -> list:
@@ -94,8 +107,7 @@ def load_run(workdir: str, checkpoint: str = 'latest') -> Run:
   params, _, step = ckpt_lib.load_params(workdir, checkpoint)
   model = models.create_model(config.model)
   names = load_class_names(workdir, config, config.model.num_classes)
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  return Run(str(workdir), config, model, params, names, step, train.input_statistics(config))
+  return Run(str(workdir), config, model, params, names, step, stats_lib.for_run(config))
 
 
 def list_images(paths: Sequence[str]) -> list:
@@ -132,15 +144,14 @@ def eval_images(config, files: Sequence[str], ten_crop: bool) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _probs_fn(model, num_crops: int, pixel_scale: float):
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  return jax.jit(functools.partial(train.eval_probs, model=model, num_crops=num_crops,
+  return jax.jit(functools.partial(steps.eval_probs, model=model, num_crops=num_crops,
                                    pixel_scale=pixel_scale))
 
 
 def probabilities(run: Run, images: np.ndarray, ten_crop: bool = False,
                   batch_size: int = 64) -> np.ndarray:
   """(N, K) softmax of `eval_images` output (the eval pipeline's uint8 images),
-  averaged over the run's ten (five) patches with ten_crop: train.eval_probs,
+  averaged over the run's ten (five) patches with ten_crop: steps.eval_probs,
   the function the run's own evaluation used."""
   fn = _probs_fn(run.model, run.num_crops(ten_crop), run.pixel_scale)
   return np.concatenate([np.asarray(fn(run.params, images[i:i + batch_size], run.stats))
@@ -175,20 +186,15 @@ def predict(workdir: str, paths: Sequence[str], *, checkpoint: str = 'latest',
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', None, 'A training run (or alexnet_jax.convert output).')
-  flags.DEFINE_enum('checkpoint', 'latest', ['latest', 'best'],
-                    "The workdir's latest checkpoint or its best by validation error.")
+  cli.workdir_flag('A training run (or alexnet_jax.convert output).', required=True)
+  cli.checkpoint_flag()
   flags.DEFINE_bool('ten_crop', False, "Average the softmax over the paper's ten "
                     'patches (section 4.1) instead of the centre crop.')
   flags.DEFINE_integer('top_k', 5, 'Classes to list per image.')
-  flags.DEFINE_string('output_dir', None, 'Also write OUTPUT_DIR/predictions.json.')
-  flags.mark_flags_as_required(['workdir'])
+  cli.output_dir_flag('Also write OUTPUT_DIR/predictions.json.')
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) < 2:
-    raise app.UsageError('Give one or more image files or folders.')
-  cli.results_only_logs()
   result = predict(flags.FLAGS.workdir, argv[1:], checkpoint=flags.FLAGS.checkpoint,
                    ten_crop=flags.FLAGS.ten_crop, k=flags.FLAGS.top_k)
   crops = 'ten patches averaged' if result['crops'] == 'ten_crop' else 'centre crop'
@@ -203,5 +209,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run(main, define_flags, args='one or more image files or folders', results_only=True)

@@ -38,14 +38,11 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from alexnet_jax import cli
 
@@ -104,7 +101,7 @@ def describe_source(config) -> dict:
   ds, name = config.dataset, data_sources.source_name(config)
   if name == 'tfds':
     return {'source': 'tfds', 'name': ds.name,
-            'data_dir': data_sources._tfds_data_dir(ds)}  # pylint: disable=protected-access
+            'data_dir': data_sources.tfds_data_dir(ds)}
   if name == 'folder':
     return {'source': 'folder', 'folder': os.path.abspath(ds.folder)}
   return {'source': name}
@@ -366,14 +363,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS,
                     'in config.dataset.data_dir (manual files in '
                     'config.dataset.manual_dir) with tfds\' download_and_prepare; no '
                     'apache_beam needed.', flag_values=fv)
-  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]) '
-                                  'whose dataset to prepare.', flag_values=fv,
-                                  lock_config=True, sys_argv=sys_argv)
+  cli.config_flag(None, 'Config file (configs/*.py[:arg]) whose dataset to prepare.',
+                  flag_values=fv, sys_argv=sys_argv)
   flags.mark_flags_as_required(['config'], flag_values=fv)
 
 
-def run(fv: flags.FlagValues = flags.FLAGS) -> int:
-  """The command on parsed flags; 0, or 1 after one ERROR line on stderr."""
+def run(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """The command on parsed flags; a user's error raises (cli reports it in one line)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
@@ -391,7 +387,7 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> int:
       start = time.monotonic()
       data_sources.prepare_tfds(config)
       print(f'tfds {config.dataset.name} is prepared in '
-            f'{data_sources._tfds_data_dir(config.dataset)} '  # pylint: disable=protected-access
+            f'{data_sources.tfds_data_dir(config.dataset)} '
             f'({time.monotonic() - start:.0f} s).', flush=True)
     if fv.output_dir:
       settings = Settings(encoding='png' if fv.lossless else 'jpeg',
@@ -400,30 +396,30 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> int:
       prepare(config, fv.output_dir, settings, fv.splits,
               fv.workers or len(os.sched_getaffinity(0)),
               out=lambda line: print(line, flush=True))
-  except (data_sources.DatasetNotFoundError, ValueError) as e:
-    print(f'ERROR: {e}', file=sys.stderr)
-    return 1
+  except (data_sources.DatasetNotFoundError, ValueError):
+    raise
   except (OSError, tf.errors.OpError) as e:  # e.g. disk full while writing
-    print(f'ERROR: {e}\nThe complete shards are kept; rerun the same command to '
-          'write the rest.', file=sys.stderr)
-    return 1
-  return 0
+    raise PrepareError(f'{e}\nThe complete shards are kept; rerun the same command to '
+                       'write the rest.') from e
 
 
 def run_command(argv: Sequence[str]) -> int:
-  """`python -m alexnet_jax.prepare ARGS` in this process (argv[0] is the program)."""
+  """`python -m alexnet_jax.prepare ARGS` in this process (argv[0] is the program);
+  its exit status."""
   fv = flags.FlagValues()
   define_flags(fv, list(argv))
   fv(list(argv))
-  return run(fv)
+  try:
+    cli.guarded(lambda _: run(fv))(argv)
+  except SystemExit as e:
+    return int(e.code or 0)
+  return 0
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  sys.exit(run(flags.FLAGS))
+  del argv
+  run(flags.FLAGS)
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run(main, define_flags, config_default=None)

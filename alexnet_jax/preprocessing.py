@@ -221,18 +221,22 @@ def rounded_window(image: tf.Tensor, shape: tf.Tensor, scale: tf.Tensor,
 
 
 class Recipe(NamedTuple):
-  """The host's preprocessing settings (config.input), as plain values."""
-  resize_size: int = 256
-  crop_size: int = 227
-  central_crop: bool = True
-  random_crop: bool = True
-  flip: bool = True
-  pca_std: float = 0.1
-  antialias: bool = False
-  fast_train_resample: bool = True  # rounded_window for bilinear training patches
-  random_resized_crop: bool = False
-  rrc_area: Tuple[float, float] = (0.08, 1.0)
-  rrc_aspect: Tuple[float, float] = (3 / 4, 4 / 3)
+  """The host's preprocessing settings (config.input), as plain values.
+
+  No defaults: input_pipeline.make_recipe fills every field from the config
+  (configs/ilsvrc.py is the one place for the recipe's values).
+  """
+  resize_size: int
+  crop_size: int
+  central_crop: bool
+  random_crop: bool
+  flip: bool
+  pca_std: float
+  antialias: bool
+  fast_train_resample: bool  # rounded_window for bilinear training patches
+  random_resized_crop: bool
+  rrc_area: Tuple[float, float]
+  rrc_aspect: Tuple[float, float]
   # Every original is an R x R JPEG (prepared data, alexnet_jax.prepare): training
   # patches are cut straight out of it, without reading the header first.
   base_jpegs: bool = False

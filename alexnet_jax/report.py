@@ -27,7 +27,6 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from absl import app
 from absl import flags
 from etils import epath
 
@@ -383,8 +382,6 @@ def define_flags():
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) < 2:
-    raise app.UsageError('Give one or more WORKDIRs.')
   rows = build(argv[1:], FLAGS.baseline, FLAGS.sweep or None)
   table = markdown(rows) + ensembles_markdown(argv[1:])
   print(table, end='')
@@ -401,5 +398,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run(main, define_flags, args='one or more WORKDIRs')

@@ -36,10 +36,8 @@ import dataclasses
 import io
 from typing import Callable, Iterable, Optional
 
-from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 import numpy as np
 
 from alexnet_jax import augment
@@ -151,6 +149,15 @@ def check_config(config) -> None:
                      'R x R crops); use mean="channel" with those.')
 
 
+def for_run(config, data=None) -> augment.Stats:
+  """The run's statistics for the device (`for_device`), reading the training
+  images (input_pipeline.stats_images of `data`, an input_pipeline.Input) only
+  where computed ones are asked for; resolves the dataset then if `data` is None."""
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return for_device(config, lambda: input_pipeline.stats_images(
+      data or input_pipeline.resolve(config)))
+
+
 def for_device(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = None
                ) -> augment.Stats:
   """What the device's augmentation needs (alexnet_jax.augment.Stats), resolved once per run.
@@ -176,9 +183,8 @@ def for_device(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = No
 # this module).
 
 
-def _define_flags():
-  config_flags.DEFINE_config_file('config', None, 'Training config.',
-                                  lock_config=True)
+def define_flags():
+  cli.config_flag(None, 'Training config.')
   flags.DEFINE_integer('num_images', 10_000, 'Training images to sample (in '
                        "the pipeline's seeded training order); <= 0: all.")
   flags.DEFINE_string('output', None, 'Where to write the .npz.')
@@ -186,14 +192,13 @@ def _define_flags():
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError('Too many command-line arguments.')
+  del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.experimental.set_visible_devices([], 'GPU')
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config, output = flags.FLAGS.config, flags.FLAGS.output
   n: Optional[int] = flags.FLAGS.num_images if flags.FLAGS.num_images > 0 else None
-  stats = compute(input_pipeline.stats_images(config, num_images=n),
+  stats = compute(input_pipeline.stats_images(input_pipeline.resolve(config), num_images=n),
                   source=f'computed: {config.dataset.name} {config.dataset.train_split}')
   save(stats, output)
   logging.info('Wrote %s: %d images; channel mean %s; PCA eigenvalues %s; '
@@ -202,5 +207,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  _define_flags()
-  cli.run(main)
+  cli.run(main, define_flags, config_default=None)

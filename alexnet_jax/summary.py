@@ -19,17 +19,15 @@ import dataclasses
 import math
 from typing import Sequence
 
-from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 
 from alexnet_jax import cli
 from alexnet_jax import models
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/ilsvrc.py', 'Config file; its `model` field is summarized.',
-    lock_config=True)
+def define_flags():
+  cli.config_flag('configs/ilsvrc.py', 'Config file; its `model` field is summarized.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +119,8 @@ def format_table(rows: Sequence[Layer]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  del argv
+  config = flags.FLAGS.config
   model = models.create_model(config.model)
   print(f'{config.model.name}: {type(model).__name__}, input '
         f"{'x'.join(map(str, models.input_shape(model)))}")
@@ -131,4 +128,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, define_flags, config_default='configs/ilsvrc.py')

@@ -35,15 +35,14 @@ import subprocess
 import sys
 from typing import Any, Mapping, Sequence
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from alexnet_jax import config_checks
+from alexnet_jax import cli
+from alexnet_jax import main as main_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# main.py's flag defaults, mirrored so that runs parse exactly as main parses.
-MAIN_DEFAULT_CONFIG = os.path.join(REPO_ROOT, 'configs', 'digits.py')
+# Runs parse exactly as main parses: its default config and flag definitions.
+MAIN_DEFAULT_CONFIG = main_lib.DEFAULT_CONFIG
 MAIN_MODULE = 'alexnet_jax.main'
 BASELINE_NAME = 'baseline'
 
@@ -165,10 +164,7 @@ def parse_main_flags(args: Sequence[str], known_only: bool = False):
   """
   argv = ['main', *args]
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', MAIN_DEFAULT_CONFIG, flag_values=fv,
-                                  lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.',
-                      flag_values=fv)
+  main_lib.define_flags(fv, argv)
   fv(argv, known_only=known_only)
   return fv['config'].value, fv['workdir'].value
 
@@ -180,7 +176,7 @@ def validate(runs: Sequence[Run]) -> None:
   other flags once, by main itself in a subprocess (all runs share them).
   """
   for run in runs:
-    unknown = config_checks.config_flag_problems(run.args, MAIN_DEFAULT_CONFIG)
+    unknown = cli.config_flag_problems(run.args, MAIN_DEFAULT_CONFIG)
     if unknown:
       raise ValueError(f'Run {run.index} ({run.name}): {" ".join(unknown)}')
     try:
@@ -188,8 +184,8 @@ def validate(runs: Sequence[Run]) -> None:
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'Run {run.index} ({run.name}): {e}') from e
   if runs:
-    code = ('import sys; from absl import flags; import alexnet_jax.main; '
-            'flags.FLAGS(sys.argv)')
+    code = ('import sys; from absl import flags; from alexnet_jax import main; '
+            'main.define_flags(); flags.FLAGS(sys.argv)')
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
         p for p in (REPO_ROOT, os.environ.get('PYTHONPATH')) if p)}
     out = subprocess.run([sys.executable, '-c', code, *runs[0].args], env=env,
@@ -204,6 +200,7 @@ def define_flags():
   flags.DEFINE_string('sweep', None, 'Sweep file (Python, data only).')
   flags.DEFINE_string('workdir_root', None,
                       'Each run writes to WORKDIR_ROOT/<its overrides>.')
+  flags.mark_flags_as_required(['sweep', 'workdir_root'])
   flags.DEFINE_string('base_config', None,
                       "Base config `path[:arg]`; default: the sweep's BASE.")
   flags.DEFINE_enum('engine', 'local', ['local', 'slurm'],
@@ -293,15 +290,9 @@ def run_slurm(runs: Sequence[Run], sweep_path: str, workdir_root: str,
 
 
 def main(argv: Sequence[str]) -> int:
-  if not FLAGS.sweep or not FLAGS.workdir_root:
-    raise app.UsageError('--sweep and --workdir_root are required.')
-  try:
-    runs = expand(FLAGS.sweep, FLAGS.workdir_root, FLAGS.base_config,
-                  extra=argv[1:], only=FLAGS.only)
-    validate(runs)
-  except ValueError as e:
-    print(f'ERROR: {e}', file=sys.stderr)
-    return 1
+  runs = expand(FLAGS.sweep, FLAGS.workdir_root, FLAGS.base_config,
+                extra=argv[1:], only=FLAGS.only)
+  validate(runs)  # A ValueError: one ERROR line, status 1 (cli).
   python = FLAGS.python or (sys.executable if FLAGS.engine == 'local' else 'python')
   slurm = dict(sbatch_args=FLAGS.sbatch_args,
                max_parallel=FLAGS.max_parallel, script=FLAGS.sbatch_script)
@@ -317,5 +308,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, define_flags, args='-- FLAGS (passed on to every run)', optional_args=True)

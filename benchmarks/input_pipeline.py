@@ -118,7 +118,7 @@ def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool,
   config.input.antialias = antialias
   n = input_pipeline.dataset_info(config).num_train
   steps = n // batch
-  it = input_pipeline.train_iterator(config, batch_size=batch)
+  it = input_pipeline.train_iterator(input_pipeline.resolve(config), batch_size=batch)
   for _ in range(steps):  # warm-up pass: tracing, file cache, autotuning
     next(it)
   with Timer() as t:

@@ -132,7 +132,7 @@ def jax_setup(model_name: str, dtype: str, fp32_precision: str, dropout: bool = 
   if jax.default_backend() == 'gpu':
     jax.config.update('jax_default_matmul_precision',
                       'tensorfloat32' if fp32_precision == 'tf32' else 'highest')
-  from alexnet_jax import models, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import models, optimizer, steps as steps_lib  # pylint: disable=g-import-not-at-top
   from configs import ilsvrc  # pylint: disable=g-import-not-at-top
   config = ilsvrc.get_config()
   if model_name != config.model.name:  # Another preset, with its own defaults.
@@ -142,31 +142,30 @@ def jax_setup(model_name: str, dtype: str, fp32_precision: str, dropout: bool = 
     config.model.dropout_rate = 0.0
   config.model.update(model_overrides)
   model = models.create_model(config.model)
-  tx = train.make_optimizer(config, steps_per_epoch=1000)  # 'plateau': a constant eps.
-  options = getattr(train, 'step_compiler_options', lambda: None)()
+  tx = optimizer.make_optimizer(config, steps_per_epoch=1000)  # 'plateau': a constant eps.
+  options = steps_lib.step_compiler_options()
   return config, model, tx, options
 
 
 def jax_step_fn(model, tx, options):
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  return jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  from alexnet_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  return jax.jit(functools.partial(steps_lib.train_step, model=model, tx=tx,
                                    rng=jax.random.PRNGKey(1)),
                  donate_argnums=0, compiler_options=options)
 
 
 def run_jax(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import models, summary, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import models, steps as steps_lib, summary  # pylint: disable=g-import-not-at-top
   config, model, tx, options = jax_setup(args.model, args.dtype, args.fp32_precision,
                                          **json.loads(args.jax_overrides))
   rss0 = _rss_bytes()
   device = jax.devices()[0]
   images, labels = synthetic_batch(args.batch, model.input_size, model.num_classes)
   batch = jax.device_put({'image': images, 'label': labels}, device)
-  state = jax.jit(lambda k: train.create_train_state(k, model, tx))(jax.random.PRNGKey(0))
+  state = jax.jit(lambda k: steps_lib.create_train_state(k, model, tx))(jax.random.PRNGKey(0))
   jax.block_until_ready(state)
   with Timer() as t_setup:
     step = jax_step_fn(model, tx, options)
@@ -358,10 +357,10 @@ def _check(model_name: str, batch: int, steps: int, seed: int, rule: str,
   torch_alexnet = _torch_alexnet_module()
   config, model, tx, options = jax_setup(model_name, 'float32', 'highest', dropout=False,
                                          **model_overrides)
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import optimizer, steps as steps_lib  # pylint: disable=g-import-not-at-top
   config.optimizer.rule = rule
-  tx = train.make_optimizer(config, steps_per_epoch=1000)
-  state = train.create_train_state(jax.random.PRNGKey(seed), model, tx)
+  tx = optimizer.make_optimizer(config, steps_per_epoch=1000)
+  state = steps_lib.create_train_state(jax.random.PRNGKey(seed), model, tx)
   rng = np.random.default_rng(seed)
   velocity = jax.tree.map(  # ~ the size of one step's update.
       lambda p: (1e-4 * rng.standard_normal(p.shape)).astype(np.float32), state.params)
@@ -488,7 +487,7 @@ def ablation(batch: int, reps: int) -> list:
   import contextlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import models, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import models, steps as steps_lib  # pylint: disable=g-import-not-at-top
   on_cpu = jax.default_backend() == 'cpu'
 
   @contextlib.contextmanager
@@ -503,24 +502,24 @@ def ablation(batch: int, reps: int) -> list:
 
   images, labels = synthetic_batch(batch, 227, 1000)
   data = jax.device_put({'image': images, 'label': labels})
-  steps, states = [], []
+  compiled_steps, states = [], []
   for name, overrides, options, pow_kind in ABLATION:
     _, model, tx, project = jax_setup('alexnet', 'float32', 'tf32', **overrides)
     if options == 'project':
       options = project
     elif options == 'default' or not on_cpu:
       options = None
-    state = jax.jit(lambda k, model=model, tx=tx: train.create_train_state(k, model, tx))(
+    state = jax.jit(lambda k, model=model, tx=tx: steps_lib.create_train_state(k, model, tx))(
         jax.random.PRNGKey(0))
     with power(pow_kind):
       compiled = jax_step_fn(model, tx, options).lower(state, data).compile()
     state, _ = compiled(state, data)
-    steps.append(compiled)
+    compiled_steps.append(compiled)
     states.append(state)
   wall = [[] for _ in ABLATION]
   cpu = [[] for _ in ABLATION]
   for _ in range(reps):
-    for i, compiled in enumerate(steps):
+    for i, compiled in enumerate(compiled_steps):
       with Timer() as t:
         states[i], metrics = compiled(states[i], data)
         jax.block_until_ready((states[i], metrics))

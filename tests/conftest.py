@@ -12,3 +12,41 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+# --------------------------------------------------------------------------
+# The one tiny config: the digits default with a narrow model and a short run
+# --------------------------------------------------------------------------
+
+TINY = {
+    'model.conv_features': (8, 16, 24, 24, 16),
+    'model.fc_features': 32,
+    'batch_size': 32,
+    'eval.batch_size': 128,       # 360 eval images: 2 full batches + 104.
+    'eval.every_epochs': 0.25,    # 44 steps per epoch -> every 11 steps.
+    'log_every_steps': 4,
+    'checkpoint_every_steps': 4,
+    'async_checkpoints': False,
+}
+
+
+def set_keys(config, overrides):
+  """config with dotted keys set ('model.towers': 1), in place; returns it."""
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def tiny_config(**overrides):
+  """configs/digits.py with TINY, 12 steps, and `overrides` (dotted keys)."""
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  return set_keys(digits.get_config(), {**TINY, 'num_train_steps': 12, **overrides})
+
+
+def tiny_flags(**overrides) -> list:
+  """TINY (and `overrides`) as main's --config.KEY=VALUE flags, on configs/digits.py."""
+  return [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]

@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import augment
+from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import preprocessing as pp
 from alexnet_jax import stats as stats_lib
@@ -93,7 +94,9 @@ def jpeg(tmp_path_factory):
 
 
 def _recipe(**kw):
-  return pp.Recipe(**{'resize_size': R, 'crop_size': S, 'pca_std': 0.1, 'flip': True, **kw})
+  """configs/ilsvrc.py's recipe (the one place for its values) with `kw` changed."""
+  return input_pipeline.make_recipe(ilsvrc.get_config())._replace(
+      **{'resize_size': R, 'crop_size': S, 'pca_std': 0.1, 'flip': True, **kw})
 
 
 def _stats(rng):
@@ -170,7 +173,7 @@ def test_pca_noise_has_the_covariance_of_the_eigenvalues():
   eigval = np.asarray(config.input.published_pca_eigval, np.float64)
   eigvec = np.asarray(config.input.published_pca_eigvec, np.float64)
   std, n = 0.1, 20_000
-  recipe = pp.Recipe(resize_size=16, crop_size=8, flip=True, pca_std=std)
+  recipe = _recipe(resize_size=16, crop_size=8, flip=True, pca_std=std)
   grey = tf.fill([20, 24, 3], tf.constant(128, tf.uint8))
   ds = tf.data.Dataset.range(n).map(
       lambda i: pp.train_example(grey, tf.stack([tf.constant(5, tf.int64), i]), recipe),

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import train
+from alexnet_jax import steps
 from benchmarks import train_step as bench
 from tests import numpy_alexnet
 
@@ -32,6 +32,7 @@ def _has_torch() -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_table_and_json(tmp_path):
   out = tmp_path / 'train_step.json'
   impls = 'jax,torch_eager' if _has_torch() else 'jax'
@@ -49,7 +50,7 @@ def test_smoke_run_writes_table_and_json(tmp_path):
     assert np.isfinite(row['loss'])
     assert row['mfu'] is None  # No peak FLOP/s is known for a CPU.
   assert result['flops_per_image'] > 0
-  assert rows['jax']['settings']['compiler_options'] == train.step_compiler_options()
+  assert rows['jax']['settings']['compiler_options'] == steps.step_compiler_options()
   if 'torch_eager' in rows:
     assert rows['torch_eager']['ours_over_this'] == pytest.approx(
         rows['jax']['img_per_s'] / rows['torch_eager']['img_per_s'])
@@ -94,7 +95,7 @@ def test_one_step_equals_float64_numpy_paper_rule():
   with jax.default_matmul_precision('highest'):
     config, model, tx, options = bench.jax_setup('alexnet_tiny', 'float32', 'highest',
                                                  dropout=False, kernel_init='he')
-    state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
+    state = steps.create_train_state(jax.random.PRNGKey(0), model, tx)
     rng = np.random.default_rng(0)
     v0 = jax.tree.map(lambda p: (1e-4 * rng.standard_normal(p.shape)).astype(np.float32),
                       state.params)
@@ -128,6 +129,7 @@ def test_one_step_equals_float64_numpy_paper_rule():
                                  atol=rounding, err_msg=f'{layer}/{name}')
 
 
+@pytest.mark.slow
 def test_input_pipeline_benchmark_prepared_rows(tmp_path):
   """benchmarks/input_pipeline.py prepares JPEGs made here and reports the interface's keys."""
   from tests import ilsvrc_fixtures as fx  # pylint: disable=g-import-not-at-top

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from alexnet_jax import cli
 from alexnet_jax import config_checks
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
@@ -137,10 +138,10 @@ def test_train_and_evaluate_refuses_before_touching_the_workdir(tmp_path):
 
 def test_unknown_keys_suggest_the_closest():
   config = ilsvrc.get_config()
-  assert config_checks.override_keys(
+  assert cli.override_keys(
       ['main', '--config=x.py', '--config.model.lrm=False', '--noconfig.model.lrn',
        '--workdir=/w']) == ['model.lrm', 'model.lrn']
-  got = config_checks.unknown_keys(
+  got = cli.unknown_keys(
       ['model.lrm', 'modl.lrn', 'batchsize', 'optimizer.lr', 'model.lrn', 'model.lrn.x'],
       config)
   assert got[:3] == ["Unknown config key 'model.lrm'. Did you mean: model.lrn?",
@@ -155,12 +156,12 @@ def test_config_flag_problems_read_the_given_config_file():
   default = os.path.join(ROOT, 'configs', 'digits.py')
   # cifar10's model has no LRN keys; digits' (the default) has.
   argv = ['main', '--config=configs/cifar10.py', '--config.model.lrn=False']
-  assert config_checks.config_flag_problems(argv, default)[0].startswith(
+  assert cli.config_flag_problems(argv, default)[0].startswith(
       "Unknown config key 'model.lrn'.")
-  assert config_checks.config_flag_problems(argv[:1] + argv[2:], default) == []
-  assert config_checks.config_flag_problems(['main', '--config', 'configs/ilsvrc.py:runlocal',
+  assert cli.config_flag_problems(argv[:1] + argv[2:], default) == []
+  assert cli.config_flag_problems(['main', '--config', 'configs/ilsvrc.py:runlocal',
                                             '--config.seed=1'], default) == []
-  [p] = config_checks.config_flag_problems(['main', '--config=configs/ilsvr.py'], default)
+  [p] = cli.config_flag_problems(['main', '--config=configs/ilsvr.py'], default)
   assert p.startswith('--config=configs/ilsvr.py: no such file. The configs are ')
   assert 'configs/ilsvrc.py' in p
 

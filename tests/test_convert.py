@@ -124,9 +124,10 @@ def test_converted_workdir_serves_predict_and_init_from(tmp_path):
     convert.write_workdir(str(tmp_path / 'w5'), config, params)
 
 
+@pytest.mark.slow
 def test_converted_workdir_is_resumed_by_train_and_evaluate(tmp_path):
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
   config = tiny_config(num_train_steps=1)
   config.eval.ten_crop = False
   config.optimizer.learning_rate = 1e-12  # The step keeps the imported weights.

@@ -3,7 +3,7 @@ SIGTERM/SIGINT, non-finite losses, changed configs, corrupt checkpoints, a full
 disk, concurrent starts, failing evaluations. Every run here must end equal to
 one uninterrupted reference run (module fixture `ref`) or fail with a message.
 
-Subprocess runs choose their fault point with ALEXNET_JAX_FAULT (train.fault_point).
+Subprocess runs choose their fault point with ALEXNET_JAX_FAULT (preemption.fault_point).
 """
 
 import errno
@@ -27,7 +27,11 @@ from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import resume_policy
 from alexnet_jax import train
 from alexnet_jax import workdir_lock
-from tests.test_train import ROOT, TINY_FLAGS, tiny_config
+from alexnet_jax import optimizer
+from alexnet_jax import preemption
+from alexnet_jax import steps
+from tests.conftest import tiny_config
+from tests.test_train import ROOT, TINY_FLAGS
 
 FLAGS = TINY_FLAGS + ['--config.eval.ten_crop=False']
 
@@ -102,6 +106,7 @@ def main(workdir, *flags, fault=None):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill9_mid_async_save_and_after_an_evaluation_then_rerun_equals_reference(
     tmp_path, ref):
   workdir = tmp_path / 'w'
@@ -122,13 +127,14 @@ def test_kill9_mid_async_save_and_after_an_evaluation_then_rerun_equals_referenc
     np.testing.assert_allclose(final[k], ref[1][k], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_on_a_save_step_and_sigint_stop_with_status_75_then_rerun_equals_reference(
     tmp_path, ref):
   workdir = tmp_path / 'w'
   # Step 5 is a checkpoint step (TINY_FLAGS: every 5): old code saved it twice
   # (StepAlreadyExistsError, exit 1) and a preempted run exited 0.
   rc, out = main(workdir, fault='trained@5:TERM')
-  assert rc == train.PREEMPTED_EXIT_CODE, out
+  assert rc == preemption.PREEMPTED_EXIT_CODE, out
   assert 'Preempted at step 5 of 12' in out and 'Traceback' not in out, out
   assert steps_of(workdir)[-1] == 5
   # Ctrl-C from outside, mid-run, saves and stops too (old code: KeyboardInterrupt,
@@ -144,7 +150,7 @@ def test_sigterm_on_a_save_step_and_sigint_stop_with_status_75_then_rerun_equals
       proc.send_signal(signal.SIGINT)
       break
   out = ''.join(lines) + proc.communicate(timeout=300)[0]
-  assert proc.returncode == train.PREEMPTED_EXIT_CODE, out
+  assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, out
   assert 'SIGINT received' in out and 'Traceback' not in out, out
   stopped = steps_of(workdir)[-1]
   assert 8 <= stopped < STEPS, out
@@ -166,7 +172,7 @@ def test_best_step_newer_than_the_latest_checkpoint_resumes(tmp_path, ref):
 
 
 def test_second_ctrl_c_aborts_at_once():
-  with train.PreemptionFlag() as flag:
+  with preemption.PreemptionFlag() as flag:
     signal.raise_signal(signal.SIGINT)
     assert flag.set
     with pytest.raises(KeyboardInterrupt):
@@ -179,6 +185,7 @@ def test_second_ctrl_c_aborts_at_once():
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_non_finite_state_is_never_checkpointed_and_a_lower_lr_rerun_finishes(tmp_path):
   config = cfg(**{'optimizer.learning_rate': 1e6, 'num_train_steps': 4,
                   'log_every_steps': 4, 'checkpoint_every_steps': 1})
@@ -360,7 +367,7 @@ def test_failed_evaluation_saves_first_and_the_rerun_resumes_with_it(tmp_path, r
 def test_final_metrics_total_the_segments(tmp_path, ref, monkeypatch):
   config = cfg(num_train_steps=STEPS)
   monkeypatch.setenv('ALEXNET_JAX_FAULT', 'trained@6:TERM')
-  with pytest.raises(train.Preempted):
+  with pytest.raises(preemption.Preempted):
     train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.delenv('ALEXNET_JAX_FAULT')
   t0 = time.time()
@@ -397,26 +404,26 @@ def test_plateau_drop_composes_with_warmup_and_the_logged_lr_is_the_one_used():
   config = cfg(**{'schedule.name': 'plateau', 'schedule.warmup_epochs': 1.0,
                           'optimizer.weight_decay': 0.0, 'optimizer.momentum': 0.0})
   spe = 4
-  fn = train.learning_rate_schedule(config, spe)
-  tx = train.make_optimizer(config, spe)
+  fn = optimizer.learning_rate_schedule(config, spe)
+  tx = optimizer.make_optimizer(config, spe)
 
   model = _Linear()
   params = model.init(jax.random.PRNGKey(0), np.zeros((1, 2), np.float32))['params']
-  state = train.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+  state = steps.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
                            plateau={})
   batch = {'image': np.ones((2, 2), np.float32), 'label': np.array([0, 1])}
-  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx,
+  step = jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx,
                                                rng=jax.random.PRNGKey(1)))
   logged, want = [], []
   for i in range(4):
     if i == 2:  # a plateau drop during warmup
-      state = state.replace(opt_state=train.set_lr_scale(state.opt_state, 0.1))
+      state = state.replace(opt_state=optimizer.set_lr_scale(state.opt_state, 0.1))
     before = np.asarray(state.params['Dense_0']['kernel'])
     state, m = step(state, batch)
     logged.append(float(m['learning_rate']))
     want.append(float(fn(i)) * (0.1 if i >= 2 else 1.0))
     # With momentum and weight decay 0 the update is -eps * grad: eps is what moved w.
-    grad = jax.grad(lambda p: train.cross_entropy(
+    grad = jax.grad(lambda p: steps.cross_entropy(
         model.apply({'params': p}, batch['image']), batch['label']).mean())(
             {'Dense_0': {'kernel': before}})['Dense_0']['kernel']
     np.testing.assert_allclose(np.asarray(state.params['Dense_0']['kernel']),

@@ -58,7 +58,7 @@ def test_dataset_info_and_batches(prepared):
   synsets = _labels_txt('labels.txt')
   assert info == ip.DatasetInfo(12, 6, 1000) and info.class_names == tuple(synsets)
   train_ids = {synsets.index(w) for w in fx.SYNSETS}
-  it = ip.train_iterator(config, batch_size=4)
+  it = ip.train_iterator(ip.resolve(config), batch_size=4)
   stream = [next(it) for _ in range(7)]  # 3 steps per pass: crosses two passes
   for b in stream:
     assert b['image'].shape == (4, 227, 227, 3) and b['image'].dtype == np.uint8
@@ -68,7 +68,7 @@ def test_dataset_info_and_batches(prepared):
       i: 4 for i in train_ids}
   # Resume from any step continues the same stream.
   for k in (2, 4):
-    resumed = ip.train_iterator(config, batch_size=4, start_step=k)
+    resumed = ip.train_iterator(ip.resolve(config), batch_size=4, start_step=k)
     for b in stream[k:]:
       r = next(resumed)
       for key in b:  # pixels, draws and labels
@@ -79,7 +79,7 @@ def test_dataset_info_and_batches(prepared):
   for process_count in (1, 2, 4):
     labels, shapes = [], set()
     for p in range(process_count):
-      for b in ip.eval_iterator(config, batch_size=4, ten_crop=True,
+      for b in ip.eval_iterator(ip.resolve(config), batch_size=4, ten_crop=True,
                                 process_index=p, process_count=process_count):
         shapes.add(b['image'].shape)
         labels += b['label'][b['mask']].tolist()
@@ -87,6 +87,7 @@ def test_dataset_info_and_batches(prepared):
     assert shapes == {(4, 256, 256, 3)}  # the device cuts the ten patches
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_one_step(prepared, tmp_path):
   """One training step and both evaluations of a narrow AlexNet on the tfds data."""
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top

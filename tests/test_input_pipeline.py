@@ -35,26 +35,69 @@ R, S = 256, 227
 def test_random_resized_crop_option():
   config = digits.get_config()
   config.input.random_resized_crop = True
-  batch = next(ip.train_iterator(config, batch_size=8))
+  batch = next(ip.train_iterator(ip.resolve(config), batch_size=8))
   assert batch['image'].shape == (8, 67, 67, 3) and batch['image'].dtype == np.uint8
   config.input.mean = 'image'
   with pytest.raises(ValueError, match='central_crop'):
     stats_lib.for_device(config)
 
 
+def _position_png(size=256) -> tf.Tensor:
+  """A PNG whose red channel is the column and green channel the row (0..255)."""
+  x = np.broadcast_to(np.arange(size, dtype=np.uint8)[None, :], (size, size))
+  image = np.stack([x, x.T, np.zeros_like(x)], -1)
+  return tf.io.encode_png(image)
+
+
+def _window_sides(recipe, seeds) -> np.ndarray:
+  """(n, 2) width and height, in source pixels, of the windows the training
+  patches of `seeds` were resampled from (read back from the position PNG)."""
+  png, sides = _position_png(), []
+  for seed in seeds:
+    patch = pp.train_example(png, tf.constant([seed, 7], tf.int64), recipe)['image'].numpy()
+    span = patch.max((0, 1)).astype(float) - patch.min((0, 1))  # (3,)
+    s = recipe.crop_size
+    sides.append(span[:2] * s / (s - 1))  # S samples cover (S - 1) / S of the window
+  return np.array(sides)
+
+
+@pytest.mark.parametrize('area, aspect, want_w, want_h', [
+    ((0.25, 0.25), (1.0, 1.0), 128, 128),
+    ((1.0, 1.0), (1.0, 1.0), 256, 256),
+    ((0.5, 0.5), (2.0, 2.0), 256, 128),
+])
+def test_random_resized_crop_uses_rrc_area_and_aspect(area, aspect, want_w, want_h):
+  """The window of an Inception-style crop has the configured area fraction and
+  aspect ratio (width / height), at a position that varies with the seed."""
+  recipe = ip.make_recipe(ilsvrc.get_config())._replace(
+      resize_size=256, crop_size=64, random_resized_crop=True, rrc_area=area,
+      rrc_aspect=aspect, flip=False, pca_std=0.0)
+  sides = _window_sides(recipe, range(6))
+  np.testing.assert_allclose(sides[:, 0], want_w, atol=6)
+  np.testing.assert_allclose(sides[:, 1], want_h, atol=6)
+  # The paper's crops instead: an S x S piece of the 256 x 256 image, no resampling.
+  paper = recipe._replace(random_resized_crop=False)
+  np.testing.assert_allclose(_window_sides(paper, range(3)), 64, atol=0.01)
+  if area[0] < 1:  # a smaller window moves with the seed
+    png = _position_png()
+    corners = {tuple(pp.train_example(png, tf.constant([k, 7], tf.int64), recipe)['image']
+                     .numpy()[0, 0, :2]) for k in range(6)}
+    assert len(corners) > 1
+
+
 def test_bytes_per_example_sent_to_the_device(tmp_path):
   """Section 4.1's 227 patch as uint8 plus 25 bytes of draws; 10-crop: one 256 image."""
   _write_folder(tmp_path)
   config = _folder_config(tmp_path, input_size=S, resize=R)
-  train = next(ip.train_iterator(config, batch_size=4))
+  train = next(ip.train_iterator(ip.resolve(config), batch_size=4))
   assert {k: (v.dtype, v.shape[1:]) for k, v in train.items()} == {
       'image': (np.uint8, (S, S, 3)), 'offset': (np.int32, (2,)), 'flip': (bool, ()),
       'alpha': (np.float32, (3,)), 'label': (np.int32, ())}
   per_example = lambda b: sum(v[0].nbytes for k, v in b.items() if k != 'mask')
   assert per_example(train) == 154_612 <= 155_000
-  centre = next(ip.eval_iterator(config, batch_size=4))
+  centre = next(ip.eval_iterator(ip.resolve(config), batch_size=4))
   assert per_example(centre) == S * S * 3 + 4
-  ten = next(ip.eval_iterator(config, batch_size=4, ten_crop=True))
+  ten = next(ip.eval_iterator(ip.resolve(config), batch_size=4, ten_crop=True))
   assert ten['image'].shape == (4, R, R, 3) and per_example(ten) == R * R * 3 + 4 <= 197_000
 
 
@@ -137,20 +180,20 @@ def test_folder_source_and_corrupt_files_reported_by_name(tmp_path, caplog):
   assert info == ip.DatasetInfo(num_train=3 * 6 + 2, num_eval=3 * 2 + 1, num_classes=3)
 
   caplog.set_level(logging.WARNING)
-  it = ip.train_iterator(config, batch_size=5)
+  it = ip.train_iterator(ip.resolve(config), batch_size=5)
   batches = [next(it) for _ in range(8)]  # two passes of 4 steps
   for b in batches:
     assert b['image'].shape == (5, 67, 67, 3) and b['image'].dtype == np.uint8
     assert np.all(np.abs(b['image']).reshape(5, -1).max(1) > 0)  # no blank image
     assert set(b['label']) <= {0, 1, 2}
   # Resume continues the same stream, corrupt files included.
-  resumed = ip.train_iterator(config, batch_size=5, start_step=5)
+  resumed = ip.train_iterator(ip.resolve(config), batch_size=5, start_step=5)
   for b in batches[5:]:
     r = next(resumed)
     for k in b:  # pixels, draws and labels
       np.testing.assert_array_equal(r[k], b[k], err_msg=k)
 
-  evals = list(ip.eval_iterator(config, batch_size=4, ten_crop=True))
+  evals = list(ip.eval_iterator(ip.resolve(config), batch_size=4, ten_crop=True))
   assert [e['image'].shape for e in evals] == [(4, 76, 76, 3)] * 2  # the device cuts 10
   mask = np.concatenate([e['mask'] for e in evals])
   assert mask.sum() == 6 and len(mask) == 8  # 7 images, one corrupt, one pad
@@ -199,9 +242,9 @@ def test_resume_continues_the_stream_across_passes():
   config = digits.get_config()
   config.input.flip = True  # exercise more of the random stream
   b = 64                    # 1437 // 64 = 22 steps per pass
-  full = _take(ip.train_iterator(config, batch_size=b), 26)
+  full = _take(ip.train_iterator(ip.resolve(config), batch_size=b), 26)
   for k in (1, 21, 22, 24):
-    tail = _take(ip.train_iterator(config, batch_size=b, start_step=k), 26 - k)
+    tail = _take(ip.train_iterator(ip.resolve(config), batch_size=b, start_step=k), 26 - k)
     for x, y in zip(full[k:], tail):
       for key in x:  # pixels, draws and labels
         np.testing.assert_array_equal(x[key], y[key], err_msg=key)
@@ -209,14 +252,14 @@ def test_resume_continues_the_stream_across_passes():
   assert not np.array_equal(full[0]['label'], full[22]['label'])
   other_seed = digits.get_config()
   other_seed.seed = 1
-  assert not np.array_equal(next(ip.train_iterator(other_seed, batch_size=b))['image'],
+  assert not np.array_equal(next(ip.train_iterator(ip.resolve(other_seed), batch_size=b))['image'],
                             full[0]['image'])
 
 
 def test_processes_assemble_the_global_batch():
   config = digits.get_config()
-  single = _take(ip.train_iterator(config, batch_size=32), 3)
-  parts = [_take(ip.train_iterator(config, batch_size=16, process_index=p,
+  single = _take(ip.train_iterator(ip.resolve(config), batch_size=32), 3)
+  parts = [_take(ip.train_iterator(ip.resolve(config), batch_size=16, process_index=p,
                                    process_count=2), 3) for p in range(2)]
   for s, (a, b) in enumerate(zip(*parts)):
     np.testing.assert_array_equal(np.concatenate([a['label'], b['label']]),
@@ -232,7 +275,7 @@ def test_eval_counts_each_image_once(process_count, batch):
   _, expected = data_sources.digits_arrays('eval')
   labels, lengths = [], []
   for p in range(process_count):
-    batches = list(ip.eval_iterator(config, batch_size=batch, process_index=p,
+    batches = list(ip.eval_iterator(ip.resolve(config), batch_size=batch, process_index=p,
                                     process_count=process_count))
     lengths.append(len(batches))
     for x in batches:

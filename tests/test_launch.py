@@ -37,8 +37,8 @@ def _env(**extra):
 
 def _main_config(args):
   """The config main.py itself parses from `args` (its flags, its sys.argv)."""
-  code = ('import sys; from absl import flags; import alexnet_jax.main; '
-          'flags.FLAGS(sys.argv); '
+  code = ('import sys; from absl import flags; from alexnet_jax import main; '
+          'main.define_flags(); flags.FLAGS(sys.argv); '
           'print(flags.FLAGS.config.to_json_best_effort()); '
           'print(flags.FLAGS.workdir)')
   out = subprocess.run([sys.executable, '-c', code, *args], cwd=ROOT,
@@ -239,6 +239,7 @@ def fake_bin(tmp_path):
   return str(bin_dir), log
 
 
+@pytest.mark.slow
 def test_slurm_engine_submits_what_dry_run_prints(tmp_path, fake_bin):
   bin_dir, log = fake_bin
   _stub(bin_dir, 'sbatch', '''\
@@ -312,7 +313,7 @@ def test_sbatch_single_job_and_missing_line(tmp_path, fake_bin):
 
 
 def test_sbatch_requeues_a_preempted_run_only(tmp_path, fake_bin):
-  """main exits 75 (train.PREEMPTED_EXIT_CODE) after saving on SIGTERM: requeue."""
+  """main exits 75 (preemption.PREEMPTED_EXIT_CODE) after saving on SIGTERM: requeue."""
   bin_dir, log = fake_bin
   _stub(bin_dir, 'scontrol', "log({'scontrol': argv})\n")
   for status, want_rc, want in [(75, 0, [{'scontrol': ['requeue', '7']}]), (1, 1, []),

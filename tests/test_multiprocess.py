@@ -19,26 +19,16 @@ import pytest
 
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import train
-from configs import digits
+from tests.conftest import tiny_config, tiny_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
-OVERRIDES = {
-    'model.conv_features': (8, 16, 24, 24, 16), 'model.fc_features': 32,
-    'batch_size': 16, 'eval.batch_size': 128, 'eval.ten_crop': False,
-    'num_train_steps': STEPS, 'checkpoint_every_steps': 2, 'log_every_steps': 1,
-}
+OVERRIDES = {'batch_size': 16, 'eval.ten_crop': False, 'num_train_steps': STEPS,
+             'checkpoint_every_steps': 2, 'log_every_steps': 1, 'async_checkpoints': True}
 
 
 def _config(mesh):
-  config = digits.get_config()
-  for key, value in dict(OVERRIDES, mesh=mesh).items():
-    *path, leaf = key.split('.')
-    target = config
-    for p in path:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return tiny_config(**OVERRIDES, mesh=mesh)
 
 
 def _free_port():
@@ -51,7 +41,7 @@ def _run_two_processes(tmp_path, mesh, devices_per_process, timeout=240):
   """Runs main in two processes on `tmp_path/workdir`; returns their logs."""
   workdir = tmp_path / 'workdir'
   port = _free_port()
-  flags = [f'--config.{k}={v}' for k, v in dict(OVERRIDES, mesh=mesh).items()]
+  flags = tiny_flags(**OVERRIDES, mesh=mesh)
   procs, logs = [], []
   for i in range(2):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
@@ -90,6 +80,7 @@ def one_process(tmp_path_factory):
   return state, json.loads((workdir / 'final_metrics.json').read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_and_match_one(tmp_path, one_process):
   """Mesh (2, 2): each process holds a tower pair and feeds half of each batch.
 

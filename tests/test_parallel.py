@@ -17,10 +17,14 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import config_checks
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import train
+from alexnet_jax import optimizer
+from alexnet_jax import steps
 from configs import digits
+from tests.conftest import set_keys
 
 B = 16
 MODEL = dict(name='alexnet', num_classes=10, input_size=67, conv_features=(8, 16, 24, 24, 16),
@@ -56,14 +60,14 @@ def _batches(steps=3, seed=0):
 def _setup(towers, lrn_per_tower):
   config = _config(towers=towers, lrn_per_tower=lrn_per_tower)
   model = models.create_model(config.model)
-  tx = train.make_optimizer(config, steps_per_epoch=10)
-  state = jax.jit(functools.partial(train.create_train_state, model=model, tx=tx))(
+  tx = optimizer.make_optimizer(config, steps_per_epoch=10)
+  state = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx))(
       jax.random.PRNGKey(0))
   return config, model, tx, jax.device_get(state)
 
 
 def _step_fn(model, tx, mesh=None, abstract_state=None):
-  step = functools.partial(train.train_step, model=model, tx=tx, rng=jax.random.PRNGKey(1))
+  step = functools.partial(steps.train_step, model=model, tx=tx, rng=jax.random.PRNGKey(1))
   if mesh is None:
     return jax.jit(step)
   shardings = parallel.state_shardings(mesh, abstract_state)
@@ -118,6 +122,7 @@ def _assert_trees_close(got, want, rtol=1e-5):
 @pytest.mark.parametrize('mesh_shape,towers,lrn_per_tower', [
     (mesh, towers, False) for mesh in [(8, 1), (4, 2), (1, 2)] for towers in (2, 1)
 ] + [((1, 2), 2, True)])
+@pytest.mark.slow
 def test_three_steps_equal_single_device(mesh_shape, towers, lrn_per_tower):
   """Dropout on: the masks must not depend on the layout either."""
   want_losses, want = _single_device(towers, lrn_per_tower)
@@ -248,6 +253,7 @@ def test_data_parallel_step_reduces_only_gradients_and_scalars():
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoint_moves_between_layouts(tmp_path):
   config = _loop_config(num_train_steps=2, checkpoint_every_steps=2, mesh=(4, 2))
   saved = train.train_and_evaluate(config, str(tmp_path))
@@ -274,11 +280,13 @@ def test_mesh_errors_are_clear():
     parallel.make_mesh((-1, -1))
   assert dict(parallel.make_mesh((-1, 2)).shape) == {'data': 4, 'model': 2}
   mesh = parallel.make_mesh((4, 2))
-  with pytest.raises(ValueError, match=r'batch_size=30 does not divide over the 4-way data'):
-    parallel.check_batch_size(30, mesh)
-  with pytest.raises(ValueError, match=r'eval.batch_size=6'):
-    parallel.check_batch_size(6, mesh, 'eval.batch_size')
-  parallel.check_batch_size(32, mesh)
+  # The batch-size rule is config_checks' (one definition, checked once up front).
+  problems = config_checks.validate(set_keys(_loop_config(mesh=(4, 2)), {
+      'batch_size': 30, 'eval.batch_size': 6}), num_devices=8)
+  assert any('batch_size=30: must divide over the 4-way data' in p for p in problems), problems
+  assert any('eval.batch_size=6' in p for p in problems), problems
+  assert not config_checks.validate(set_keys(_loop_config(mesh=(4, 2)), {
+      'batch_size': 32, 'eval.batch_size': 32}), num_devices=8)
   assert parallel.data_shard(mesh) == (0, 1)
 
 

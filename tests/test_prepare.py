@@ -247,12 +247,12 @@ def test_training_on_prepared_jpegs_equals_the_general_recipe(folder, lossless, 
   assert not ip.make_recipe(_config(prepared_dir=lossless[0])).base_jpegs
   assert not ip.make_recipe(_config(folder=folder[0])).base_jpegs
   steps = 6  # two passes of 3 steps, and a resume inside the second
-  fast = ip.train_iterator(config, batch_size=4)
+  fast = ip.train_iterator(ip.resolve(config), batch_size=4)
   fast = [next(fast) for _ in range(steps)]
-  resumed = ip.train_iterator(config, batch_size=4, start_step=4)
+  resumed = ip.train_iterator(ip.resolve(config), batch_size=4, start_step=4)
   monkeypatch.setattr(ip, '_prepared_jpegs', lambda config: False)
   assert not ip.make_recipe(config).base_jpegs
-  general = ip.train_iterator(config, batch_size=4)
+  general = ip.train_iterator(ip.resolve(config), batch_size=4)
   for k, (a, b) in enumerate(zip(fast, [next(general) for _ in range(steps)])):
     assert a.keys() == b.keys()
     for key in a:
@@ -280,19 +280,19 @@ def test_train_and_eval_on_prepared_data(folder, lossless):
   assert data_sources.source_name(prepared) == 'prepared'
   info = ip.dataset_info(prepared)
   assert (info.num_train, info.num_eval, info.class_names) == (12, 6, CLASSES)
-  it = ip.train_iterator(prepared, batch_size=4)
+  it = ip.train_iterator(ip.resolve(prepared), batch_size=4)
   stream = [next(it) for _ in range(4)]
   for b in stream:
     assert b['image'].shape == (4, 35, 35, 3) and set(b['label']) <= {0, 1, 2}
-  resumed = ip.train_iterator(prepared, batch_size=4, start_step=2)
+  resumed = ip.train_iterator(ip.resolve(prepared), batch_size=4, start_step=2)
   for b in stream[2:]:
     np.testing.assert_array_equal(next(resumed)['image'], b['image'])
   # Evaluation crops from prepared (lossless) images equal the on-the-fly ones
   # up to the uint8 rounding of the stored image.
   on_the_fly = _config(folder=root)
   for ten_crop in (False, True):
-    a = list(ip.eval_iterator(prepared, batch_size=8, ten_crop=ten_crop))
-    b = list(ip.eval_iterator(on_the_fly, batch_size=8, ten_crop=ten_crop))
+    a = list(ip.eval_iterator(ip.resolve(prepared), batch_size=8, ten_crop=ten_crop))
+    b = list(ip.eval_iterator(ip.resolve(on_the_fly), batch_size=8, ten_crop=ten_crop))
     assert a[0]['mask'].sum() == b[0]['mask'].sum() == 6
     # (shards are interleaved: the same images in another order)
     theirs = list(zip(b[0]['image'][b[0]['mask']], b[0]['label'][b[0]['mask']]))

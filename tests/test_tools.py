@@ -22,7 +22,7 @@ from alexnet_jax import models
 from alexnet_jax import predict
 from alexnet_jax import stats as stats_lib
 from alexnet_jax import train
-from tests.test_train import tiny_config
+from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def _network_inputs(config, images, ten_crop=False):
   (digits: 5 patches, no reflections), the pixel scale applied."""
   assert config.input.resize_size == 76 and config.model.input_size == 67
   assert not config.input.flip and config.input.mean == 'channel'
-  stats = stats_lib.for_device(config, functools.partial(input_pipeline.stats_images, config))
+  stats = stats_lib.for_run(config)
   x = images.astype(np.float64) - np.asarray(stats.mean, np.float64)  # (1, 1, 3) channel mean
   if ten_crop:
     x = np.stack([x[:, y:y + 67, z:z + 67] for y, z in ((0, 0), (0, 9), (9, 0), (9, 9), (4, 4))],
@@ -186,7 +186,7 @@ def test_ensemble_averages_the_members_softmax(runs, tmp_path):
   for w in workdirs:
     run = predict.load_run(w)
     images, labels = [], []
-    for batch in input_pipeline.eval_iterator(run.config, batch_size=128):
+    for batch in input_pipeline.eval_iterator(input_pipeline.resolve(run.config), batch_size=128):
       images.append(batch['image'][batch['mask']])
       labels.append(batch['label'][batch['mask']])
     x = _network_inputs(run.config, np.concatenate(images)).astype(np.float32)
@@ -196,7 +196,7 @@ def test_ensemble_averages_the_members_softmax(runs, tmp_path):
   assert result['num_images'] == 360
   for w, m, p in zip(workdirs, result['members'], probs):
     assert m['top1_error'] == pytest.approx(error(p), abs=1e-9)
-    # The same number as the run's own last evaluation (train.eval_step).
+    # The same number as the run's own last evaluation (steps.eval_step).
     final = json.loads(open(os.path.join(w, 'final_metrics.json')).read())
     assert m['top1_error'] == pytest.approx(final['eval_top1_error'], abs=1e-6)
   assert result['ensemble']['top1_error'] == pytest.approx(error(sum(probs) / 2), abs=1e-9)

@@ -5,39 +5,22 @@ import os
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import data_sources
+from alexnet_jax import input_pipeline
+from alexnet_jax import optimizer
+from alexnet_jax import stats as stats_lib
+from alexnet_jax import steps
 from alexnet_jax import train
-from configs import digits
+from tests.conftest import tiny_config, tiny_flags
 from configs import ilsvrc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  """The digits default with a narrow model and a short run."""
-  config = digits.get_config()
-  config.model.conv_features = (8, 16, 24, 24, 16)
-  config.model.fc_features = 32
-  config.batch_size = 32
-  config.num_train_steps = 12
-  config.eval.batch_size = 128        # 360 eval images: 2 full batches + 104.
-  config.eval.every_epochs = 0.25     # 44 steps per epoch -> every 11 steps.
-  config.log_every_steps = 4
-  config.checkpoint_every_steps = 4
-  config.async_checkpoints = False
-  for k, v in overrides.items():
-    target = config
-    *path, leaf = k.split('.')
-    for p in path:
-      target = target[p]
-    target[leaf] = v
-  return config
 
 
 # --------------------------------------------------------------------------
@@ -56,12 +39,12 @@ def _opt_config(rule='paper', weight_decay_on='all'):
 
 
 def _run_three_steps(config, params, grads):
-  tx = train.make_optimizer(config, steps_per_epoch=1)
+  tx = optimizer.make_optimizer(config, steps_per_epoch=1)
   state = tx.init(params)
   lrs = []
   for g in grads:
     updates, state = tx.update(g, state, params)
-    lrs.append(float(train.current_learning_rate(state)))
+    lrs.append(float(optimizer.current_learning_rate(state)))
     params = optax.apply_updates(params, updates)
   return params, lrs
 
@@ -121,7 +104,7 @@ def test_weight_decay_on_kernels_only():
 def test_unknown_optimizer_rule_is_refused():
   config = _opt_config(rule='adam')
   with pytest.raises(ValueError, match='optimizer.rule'):
-    train.make_optimizer(config, 10)
+    optimizer.make_optimizer(config, 10)
 
 
 def test_plateau_divides_after_patience_at_most_max_drops():
@@ -130,7 +113,7 @@ def test_plateau_divides_after_patience_at_most_max_drops():
   plateau = {'best': np.inf, 'bad_evals': 0, 'drops': 0}
   drops = []
   for err in [0.5, 0.4, 0.4, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]:
-    plateau, drop = train.plateau_update(plateau, err, s)
+    plateau, drop = optimizer.plateau_update(plateau, err, s)
     drops.append(drop)
   # Improvements at 0.5, 0.4, 0.3 reset patience; then two flat evals -> a drop.
   assert [i for i, d in enumerate(drops) if d] == [3, 6, 8]
@@ -142,7 +125,7 @@ def test_cosine_and_warmup_schedules():
   config.schedule.name = 'cosine'
   config.schedule.warmup_epochs = 1.0
   config.num_epochs = 3
-  fn = train.learning_rate_schedule(config, steps_per_epoch=10)
+  fn = optimizer.learning_rate_schedule(config, steps_per_epoch=10)
   assert float(fn(0)) == 0.0
   np.testing.assert_allclose(float(fn(10)), 0.01, rtol=1e-6)
   assert float(fn(29)) < 1e-4
@@ -150,7 +133,7 @@ def test_cosine_and_warmup_schedules():
 
 def test_topk_errors():
   scores = jnp.array([[0.1, 0.5, 0.2, 0.0, 0.05, 0.15], [0.9, 0.0, 0.02, 0.03, 0.04, 0.01]])
-  top1, top5 = train.topk_errors(scores, jnp.array([1, 1]))
+  top1, top5 = steps.topk_errors(scores, jnp.array([1, 1]))
   np.testing.assert_array_equal(top1, [0.0, 1.0])
   np.testing.assert_array_equal(top5, [0.0, 1.0])   # class 1 is the 6th of 6 for row 2.
 
@@ -163,11 +146,15 @@ def test_topk_errors():
 def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path, monkeypatch):
   config = tiny_config()
   resolved = []  # input statistics: resolved once per run, not per evaluation
-  for_config = train.stats_lib.for_config
-  monkeypatch.setattr(train.stats_lib, 'for_config',
+  for_config = stats_lib.for_config
+  monkeypatch.setattr(stats_lib, 'for_config',
                       lambda *a, **k: resolved.append(1) or for_config(*a, **k))
+  sources = []  # the data source too: once per run, not per iterator or evaluation
+  source_for = data_sources.for_config
+  monkeypatch.setattr(data_sources, 'for_config',
+                      lambda *a, **k: sources.append(1) or source_for(*a, **k))
   state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 12 and len(resolved) == 1
+  assert int(state.step) == 12 and len(resolved) == 1 and len(sources) == 1
   final = json.loads((tmp_path / 'final_metrics.json').read_text())
   assert final['step'] == 12
   for k in ('eval_top1_error', 'eval_top5_error', 'eval_multicrop_top1_error', 'train_loss',
@@ -176,14 +163,8 @@ def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path, monkey
   assert json.loads((tmp_path / 'config.json').read_text())['model']['fc_features'] == 32
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
   # Eval counts each of the 360 digits once despite the padded last batch.
-  model = train.models.create_model(config.model)
-  mesh = train.parallel.make_mesh((-1, 1))
-  stats = train.stats_lib.for_device(  # uint8 batches, finished on the device
-      config, lambda: train.input_pipeline.stats_images(config))
-  eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, stats, model=model,
-                                                 pixel_scale=config.input.pixel_scale))
-  m = train.evaluate(state.params, config, eval_fn=eval_fn,
-                     sharding=train.parallel.batch_sharding(mesh), ten_crop=False)
+  run = train.setup(config, input_pipeline.resolve(config))
+  m = train.evaluate(run, state.params, ten_crop=False)
   assert m['count'] == 360
   np.testing.assert_allclose(m['top1_error'], final['eval_top1_error'], rtol=1e-6)
 
@@ -194,10 +175,7 @@ def _main(workdir, *overrides, env=None):
                           text=True, env=env or dict(os.environ, PYTHONPATH=ROOT))
 
 
-TINY_FLAGS = ['--config.model.conv_features=(8, 16, 24, 24, 16)', '--config.model.fc_features=32',
-              '--config.batch_size=32', '--config.eval.batch_size=128',
-              '--config.eval.every_epochs=0.25', '--config.log_every_steps=1',
-              '--config.checkpoint_every_steps=5', '--config.async_checkpoints=False']
+TINY_FLAGS = tiny_flags(log_every_steps=1, checkpoint_every_steps=5)
 
 
 # SIGTERM/SIGINT/kill -9 and resume: tests/test_faults.py.
