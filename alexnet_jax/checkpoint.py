@@ -23,7 +23,10 @@ at once as CheckpointWriteError, with the partial directory removed.
 import contextlib
 import errno
 import json
+import logging as pylogging
 import os
+import re
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -42,7 +45,10 @@ class CheckpointMismatchError(ValueError):
 
 
 class CheckpointWriteError(OSError):
-  """A checkpoint could not be written (e.g. the disk is full)."""
+  """A checkpoint could not be written (a full disk, a read-only file system...)."""
+
+  def __str__(self):
+    return self.strerror
 
 
 class CheckpointCorruptError(ValueError):
@@ -145,15 +151,91 @@ def _json_safe(tree):
   return tree
 
 
-def _disk_error(exc: BaseException) -> Optional[OSError]:
-  """The ENOSPC/EDQUOT OSError in `exc`'s cause chain, if any."""
+# Why a write failed -> (cause, fix), by errno.
+WRITE_ERRORS = {
+    errno.ENOSPC: ('the disk is full',
+                   'Free space there, or lower config.keep_checkpoints'),
+    errno.EDQUOT: ('the disk quota is exceeded',
+                   'Raise the quota (or free space) there, or lower config.keep_checkpoints'),
+    errno.EROFS: ('the file system is read-only',
+                  'Remount it read-write, or use a --workdir on a writable file system'),
+    errno.EACCES: ('permission denied',
+                   'Give this user write permission there, or use a --workdir it can write'),
+    errno.EPERM: ('operation not permitted',
+                  'Give this user write permission there, or use a --workdir it can write'),
+}
+# tensorstore (orbax's array writes) reports an OS error inside a ValueError's text.
+_ERRNO_IN_TEXT = re.compile(r"os_error_code='?(\d+)|\[Errno (\d+)\]")
+
+
+def write_errno(exc: Optional[BaseException]) -> Optional[int]:
+  """The errno of WRITE_ERRORS behind `exc` (its cause chain, tensorstore's
+  messages included), or None."""
   seen = set()
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-      return exc
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+      return exc.errno
+    for match in _ERRNO_IN_TEXT.finditer(str(exc)):
+      code = int(match.group(1) or match.group(2))
+      if code in WRITE_ERRORS:
+        return code
     exc = exc.__cause__ or exc.__context__
   return None
+
+
+def writable_problem(path: str) -> Optional[str]:
+  """None if a file can be created in directory `path` (or in its nearest
+  existing parent, which would hold it), else one line naming the cause and fix."""
+  directory = os.path.abspath(path)
+  while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+    directory = os.path.dirname(directory)
+  try:
+    with tempfile.NamedTemporaryFile(dir=directory, prefix='.alexnet_jax-write-check-'):
+      return None
+  except OSError as e:
+    cause, fix = WRITE_ERRORS.get(e.errno, (e.strerror or str(e), 'Use another --workdir'))
+    return (f'{path} cannot be written: {cause} ([Errno {e.errno}] {os.strerror(e.errno)} '
+            f'in {directory}). {fix}.')
+
+
+class ErrorLog(pylogging.Filter):
+  """While a Checkpointer is open: orbax's ERROR records (the tracebacks of a
+  failed write, logged from its threads) go to WORKDIR/errors.log instead of
+  the console, where our one message (CheckpointWriteError) names the file.
+  `errno` is the first write errno found in them (WRITE_ERRORS)."""
+
+  def __init__(self, workdir: epath.Path):
+    super().__init__()
+    local = '://' not in str(workdir)
+    self.path = str(workdir / 'errors.log') if local else None
+    self.errno: Optional[int] = None
+    self.written = False
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    if record.levelno < pylogging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    if self.errno is None and record.exc_info:
+      self.errno = write_errno(record.exc_info[1])
+    text = pylogging.Formatter('%(asctime)s %(levelname)s %(pathname)s:%(lineno)d] '
+                               '%(message)s').format(record)
+    for path in ([self.path] if self.path else []) + [
+        os.path.join(tempfile.gettempdir(), f'alexnet_jax-errors-{os.getpid()}.log')]:
+      try:
+        with open(path, 'a') as f:
+          f.write(text + '\n')
+        self.path, self.written = path, True
+        return False
+      except OSError:
+        continue  # e.g. the workdir is read-only: the temporary directory.
+    return True  # Nowhere to write it: the console keeps it.
+
+  def __enter__(self):
+    logging.get_absl_logger().addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    logging.get_absl_logger().removeFilter(self)
 
 
 def _first_line(error: BaseException) -> str:
@@ -190,6 +272,7 @@ class Checkpointer:
                         best_mode='min'))
     self._in_flight = {}  # manager -> step of its last (possibly async) save.
     self._failed = set()  # managers whose write failed: partial writes to remove.
+    self._errors = ErrorLog(self.workdir).__enter__()  # until close()
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
@@ -277,14 +360,15 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _writing(self, manager: ocp.CheckpointManager, step: int):
-    """Turns a failed write (disk full, quota) into one CheckpointWriteError."""
+    """Turns a failed write (disk full, quota, read-only, permissions) into
+    one CheckpointWriteError."""
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
-      disk = _disk_error(e)
-      if disk is None:
+      code = write_errno(e)
+      if code is None:
         raise
-      raise self._write_error(manager, step, disk) from None
+      raise self._write_error(manager, step, code) from None
 
   def _remove_partial(self, manager) -> None:
     """Removes temporary (uncommitted) step directories; the other writes of a
@@ -297,21 +381,27 @@ class Checkpointer:
       except OSError:
         time.sleep(0.2)
 
-  def _write_error(self, manager, step, error: OSError) -> CheckpointWriteError:
+  def _write_error(self, manager, step, code: Optional[int]) -> CheckpointWriteError:
+    """The error of a failed write of `step` (errno `code`, None if unknown),
+    after removing its partial directory."""
     self._in_flight.pop(manager, None)
     self._failed.add(manager)
     self._remove_partial(manager)
     manager.reload()
     good = [s for s in manager.all_steps() if s != step]
     need = _dir_bytes(manager.directory / str(max(good))) if good else 0
+    cause, fix = WRITE_ERRORS.get(code, (
+        'the write did not commit',
+        f'Fix the cause given in the {"details" if self._errors.written else "log above"}'))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+      fix = f'A checkpoint needs about {need:,} bytes (the size of the previous one). {fix}'
+    details = f' Details: {self._errors.path}.' if self._errors.written else ''
     return CheckpointWriteError(
-        error.errno,
-        f'Could not write the checkpoint of step {step} to {manager.directory}: '
-        f'{os.strerror(error.errno)}. A checkpoint needs about {need:,} bytes '
-        f'(the size of the previous one). The partial write was removed; '
-        f'{"step " + str(max(good)) + " is the latest intact checkpoint" if good else "there is no earlier checkpoint"}. '
-        'Free space (or raise the quota) there, or lower config.keep_checkpoints, '
-        'then rerun the same command to resume.')
+        code or errno.EIO,
+        f'Could not write the checkpoint of step {step} to {manager.directory}: {cause}'
+        f'{f" ([Errno {code}] {os.strerror(code)})" if code else ""}. The partial write was '
+        f'removed; {"step " + str(max(good)) + " is the latest intact checkpoint" if good else "there is no earlier checkpoint"}. '
+        f'{fix}, then rerun the same command to resume.{details}')
 
   def _committed(self, manager, step: int) -> bool:
     if any(manager.directory.glob(f'{step}{TMP_SUFFIX}*')):
@@ -328,9 +418,8 @@ class Checkpointer:
       if manager.is_saving_in_progress():
         continue
       del self._in_flight[manager]
-      if not self._committed(manager, step):
-        raise self._write_error(manager, step, OSError(
-            errno.ENOSPC, f'the save of step {step} did not commit (see the log above)'))
+      if not self._committed(manager, step):  # Orbax logged why (self._errors has it).
+        raise self._write_error(manager, step, self._errors.errno)
 
   def _save(self, manager, step, state, description, progress, **kw) -> bool:
     if step in manager.all_steps():   # Saved before a kill, or just now: same step, same state.
@@ -372,6 +461,7 @@ class Checkpointer:
         m.close()
         if m in self._failed:  # Writes still in flight when the failure showed.
           self._remove_partial(m)
+      self._errors.__exit__()
 
 
 def check_compatible(saved: dict, current: dict, where: Any) -> None:
