@@ -98,7 +98,10 @@ def _leaf_checksum(x: jax.Array) -> jax.Array:
     i = i * jnp.uint32(w.shape[axis]) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
   a = _mix(w ^ (i * jnp.uint32(0x9E3779B1)))
   b = _mix(((w << 16) | (w >> 16)) ^ _mix(i ^ jnp.uint32(0x5BD1E995)))
-  return jnp.stack([jnp.sum(a, dtype=jnp.uint32), jnp.sum(b, dtype=jnp.uint32)])
+  zero = jnp.uint32(0)  # One pass over both lanes (several times faster than two sums).
+  sums = jax.lax.reduce((a, b), (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]),
+                        tuple(range(w.ndim)))
+  return jnp.stack(sums)
 
 
 _checksum_tree = jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree))
