@@ -149,11 +149,13 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
   with tf.io.TFRecordWriter(final + _INCOMPLETE) as writer:
     for seq, data, label, name in ds.as_numpy_iterator():
       seen.add(int(seq))
+      # deterministic: the feature map in sorted key order, so that two runs
+      # write the same bytes (protobuf's map order otherwise varies by process).
       writer.write(tf.train.Example(features=tf.train.Features(feature={
           'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
           'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
           'name': tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
-      })).SerializeToString())
+      })).SerializeToString(deterministic=True))
       written += 1
       image_bytes += len(data)
   corrupt = []

