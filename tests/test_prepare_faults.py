@@ -42,3 +42,29 @@ def test_two_runs_write_byte_identical_files(tmp_path):
     runs.append(_digests(out))
   assert runs[0].keys() == runs[1].keys() and any(f.endswith('.tfrecord') for f in runs[0])
   assert runs[0] == runs[1], [f for f in runs[0] if runs[0][f] != runs[1][f]]
+
+
+@pytest.mark.parametrize('fault', ['empty class folder', 'class missing from val',
+                                   'class folder of other files'])
+def test_a_class_without_images_in_a_split_is_refused_naming_the_folder(tmp_path, fault, capsys):
+  folder = tmp_path / 'images'
+  _write_folder(folder)
+  if fault == 'empty class folder':
+    (folder / 'train' / 'emu').mkdir()
+    (folder / 'val' / 'emu').mkdir()
+    named = folder / 'train' / 'emu'
+  elif fault == 'class missing from val':
+    for f in (folder / 'val' / 'owl').iterdir():
+      f.unlink()
+    (folder / 'val' / 'owl').rmdir()
+    named = folder / 'val' / 'owl'
+  else:
+    (folder / 'val' / 'dog' / 'notes.txt').write_text('not an image')
+    for f in (folder / 'val' / 'dog').glob('*.jpg'):
+      f.unlink()
+    named = folder / 'val' / 'dog'
+  out = tmp_path / 'out'
+  assert prepare.run_command(['prepare', *_args(folder, out)]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('ERROR: ') and str(named) in err[0], err
+  assert not out.exists()   # nothing written
