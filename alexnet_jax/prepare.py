@@ -28,7 +28,8 @@ Output (readable by every host: process p of P reads its even share):
                                         names, encoding, corrupt files
 
 Reliability: shards are split among --workers processes (spawn, whole shards
-each); every file is written under a '.incomplete' name and renamed when
+each), which die with the parent (a killed prepare leaves no worker writing);
+two runs write byte-identical files; every file is written under a '.incomplete' name and renamed when
 complete, so a killed run leaves no half-written shard under a final name,
 and a rerun with the same settings skips the complete shards and writes the
 rest. Files that do not decode are left out, logged and listed in the manifest.
@@ -38,7 +39,9 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, List, Optional, Sequence
 
@@ -170,8 +173,29 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
   return {**record, 'split': split_name, 'index': index}
 
 
-def _worker_init() -> None:
-  """A spawned worker: TensorFlow quiet, on one thread, no accelerator."""
+def _die_with_parent(parent: int) -> None:
+  """Ends this worker as soon as process `parent` is gone (kill -9 included):
+  on Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a
+  thread polls the parent pid once a second."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), 'prctl')
+  except (OSError, AttributeError):  # not Linux
+    def poll():
+      while os.getppid() == parent:
+        time.sleep(1.0)
+      os._exit(1)  # pylint: disable=protected-access
+    threading.Thread(target=poll, daemon=True).start()
+  if os.getppid() != parent:  # It died before the line above took effect.
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _worker_init(parent: int) -> None:
+  """A spawned worker: dies with its parent; TensorFlow quiet, on one thread,
+  no accelerator."""
+  _die_with_parent(parent)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
@@ -326,7 +350,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
       pool = None
     else:
       pool = multiprocessing.get_context('spawn').Pool(
-          min(workers, len(tasks)), initializer=_worker_init)
+          min(workers, len(tasks)), initializer=_worker_init, initargs=(os.getpid(),))
       results = pool.imap_unordered(_worker, tasks)
     try:
       for r in results:

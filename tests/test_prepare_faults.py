@@ -68,3 +68,67 @@ def test_a_class_without_images_in_a_split_is_refused_naming_the_folder(tmp_path
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('ERROR: ') and str(named) in err[0], err
   assert not out.exists()   # nothing written
+
+
+def _workers_of(pid: int) -> list:
+  """The pids of `pid`'s multiprocessing workers (spawned: 'spawn_main' in argv)."""
+  found = []
+  for p in os.listdir('/proc'):
+    try:
+      with open(f'/proc/{p}/stat') as f:
+        ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+      with open(f'/proc/{p}/cmdline', 'rb') as f:
+        spawned = b'spawn_main' in f.read()
+    except (OSError, ValueError, IndexError):
+      continue
+    if ppid == pid and spawned:
+      found.append(int(p))
+  return found
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+def _listing(directory) -> dict:
+  return {f: os.path.getsize(directory / f) for f in os.listdir(directory)}
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_parent(tmp_path):
+  """kill -9 of prepare while its two workers are inside long shards: they
+  stop within seconds and write nothing more (they used to finish and rename
+  their shards, then die with BrokenPipeError tracebacks)."""
+  out = tmp_path / 'out'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.prepare', '--config=configs/digits.py',
+       '--config.input.resize_size=256', '--shard_size=400', '--workers=2',
+       '--splits=train', f'--output_dir={out}'],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and len(
+        [f for f in (os.listdir(out) if out.exists() else []) if f.endswith('.incomplete')]) < 2:
+      time.sleep(0.05)   # both workers have opened their shards
+    workers = _workers_of(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _listing(out)
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(w) for w in workers):
+      time.sleep(0.1)
+    alive = [w for w in workers if _alive(w)]
+    for w in alive:  # (clean up before failing)
+      os.kill(w, signal.SIGKILL)
+    assert not alive, f'workers {alive} outlived their killed parent by 5 s'
+    time.sleep(1)
+    assert _listing(out) == before, (before, _listing(out))
+    assert not [f for f in before if f.endswith('.tfrecord')]   # killed mid-shard
+  finally:
+    if proc.poll() is None:
+      proc.kill()
