@@ -28,11 +28,13 @@ Output (readable by every host: process p of P reads its even share):
                                         names, encoding, corrupt files
 
 Reliability: shards are split among --workers processes (spawn, whole shards
-each), which die with the parent (a killed prepare leaves no worker writing);
-two runs write byte-identical files; every file is written under a '.incomplete' name and renamed when
-complete, so a killed run leaves no half-written shard under a final name,
-and a rerun with the same settings skips the complete shards and writes the
-rest. Files that do not decode are left out, logged and listed in the manifest.
+each), which die with the parent (a killed prepare leaves no worker writing).
+Every file is written under a '.incomplete' name and renamed when complete,
+so a killed run leaves no half-written shard under a final name, and a rerun
+with the same settings skips the complete shards and writes the rest; two
+runs write byte-identical files. Files that do not decode are left out,
+logged and listed in the manifest. A class folder (folder source) with no
+images in a split is refused, naming it.
 """
 
 import dataclasses
