@@ -16,8 +16,10 @@ with it (one atomic commit):
                data are caught instead of trained on.
 
 A step that cannot be read or fails its checksums is moved aside (never
-deleted) and the newest step that restores is used instead. A failed write (e.g. a full disk) is reported
-at once as CheckpointWriteError, with the partial directory removed.
+deleted) and the newest step that restores is used instead. A failed write is
+reported at once as CheckpointWriteError naming its cause (full disk, quota,
+read-only file system, permissions) and fix, with the partial directory
+removed; orbax's logged tracebacks of it go to WORKDIR/errors.log.
 """
 
 import contextlib
@@ -59,7 +61,7 @@ class CheckpointCorruptError(ValueError):
 # Checksums of the arrays
 # --------------------------------------------------------------------------
 
-CHECKSUM_ALGORITHM = 'alexnet_jax.wsum32x2/1'
+CHECKSUM_ALGORITHM = 'alexnet_jax.mixsum32x2/1'  # _leaf_checksum
 
 
 def _key(path) -> str:
