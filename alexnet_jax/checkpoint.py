@@ -423,8 +423,13 @@ class Checkpointer:
       if manager.is_saving_in_progress():
         continue
       del self._in_flight[manager]
-      if not self._committed(manager, step):  # Orbax logged why (self._errors has it).
-        raise self._write_error(manager, step, self._errors.errno)
+      if not self._committed(manager, step):
+        code = None
+        try:  # Its threads raise or log why (self._errors reads the log) once joined.
+          manager.wait_until_finished()
+        except Exception as e:  # pylint: disable=broad-except
+          code = write_errno(e)
+        raise self._write_error(manager, step, code or self._errors.errno)
 
   def _save(self, manager, step, state, description, progress, **kw) -> bool:
     if step in manager.all_steps():   # Saved before a kill, or just now: same step, same state.

@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import pytest
@@ -50,7 +51,9 @@ def test_the_message_names_the_real_cause_and_its_fix(tmp_path, monkeypatch, cod
   ckpt.save(1, STATE, {'m': 1}, {'evaluated_step': 1}, force=True)
   with pytest.raises(ckpt_lib.CheckpointWriteError) as e:
     ckpt.save(2, STATE, {'m': 1}, {'evaluated_step': 2}, force=True)
-    ckpt.wait()
+    while ckpt.latest.is_saving_in_progress():  # as the training loop sees it:
+      time.sleep(0.01)
+    ckpt.check_writes()                         # a finished save that did not commit
   ckpt.close()
   message = str(e.value)
   assert e.value.errno == code
