@@ -3,27 +3,37 @@
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint intact (and
 `cleanup_tmp_directories` reclaims the partial one on the next start).
-Every checkpoint carries two small JSON records beside the train state:
+Every checkpoint carries small JSON records beside the train state, written
+with it (one atomic commit):
 
   description: the run config and the parameter shapes, checked on restore
                (`resume_policy.check_resume` decides what may change);
   progress:    what the loop needs to continue exactly where it stopped
                (cumulative wall time, the pending train-metric window, the
-               last logged train metrics, the last evaluated step).
+               last logged train metrics, the last evaluated step);
+  checksums:   one checksum per array of the state (`array_checksums`),
+               verified on every read, so that flipped bits in the stored
+               data are caught instead of trained on.
 
-A step that cannot be read is moved aside (never deleted) and the newest step
-that restores is used instead. A failed write (e.g. a full disk) is reported
-at once as CheckpointWriteError, with the partial directory removed.
+A step that cannot be read or fails its checksums is moved aside (never
+deleted) and the newest step that restores is used instead. A failed write is
+reported at once as CheckpointWriteError naming its cause (full disk, quota,
+read-only file system, permissions) and fix, with the partial directory
+removed; orbax's logged tracebacks of it go to WORKDIR/errors.log.
 """
 
 import contextlib
 import errno
 import json
+import logging as pylogging
 import os
+import re
+import tempfile
 import time
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -37,7 +47,94 @@ class CheckpointMismatchError(ValueError):
 
 
 class CheckpointWriteError(OSError):
-  """A checkpoint could not be written (e.g. the disk is full)."""
+  """A checkpoint could not be written (a full disk, a read-only file system...)."""
+
+  def __str__(self):
+    return self.strerror
+
+
+class CheckpointCorruptError(ValueError):
+  """A checkpoint's arrays do not match the checksums saved with them."""
+
+
+# --------------------------------------------------------------------------
+# Checksums of the arrays
+# --------------------------------------------------------------------------
+
+CHECKSUM_ALGORITHM = 'alexnet_jax.mixsum32x2/1'  # _leaf_checksum
+
+
+def _key(path) -> str:
+  """'params/conv1/kernel' for a TrainState's and a restored dict's leaf alike."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                  for k in path)
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """x's bit patterns as uint32, same shape (8-byte types: a trailing axis of 2)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+
+
+def _mix(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: a bijection of uint32 that spreads every bit."""
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """(2,) uint32: two sums, mod 2**32, of x's 32-bit words mixed with their index.
+
+  Lane j sums mix(word ^ seed_j(index)): a change of any one word changes
+  both sums (mix is a bijection), moved words change them too, and several
+  changes cancel with a chance of about 2**-64. Integer sums do not depend on
+  the reduction order: the value is the same on any sharding, device or number
+  of hosts, and needs no copy to the host.
+  """
+  w = _words(jnp.asarray(x))
+  i = jnp.zeros(w.shape, jnp.uint32)  # the row-major index, without a reshape
+  for axis in range(w.ndim):
+    i = i * jnp.uint32(w.shape[axis]) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
+  a = _mix(w ^ (i * jnp.uint32(0x9E3779B1)))
+  b = _mix(((w << 16) | (w >> 16)) ^ _mix(i ^ jnp.uint32(0x5BD1E995)))
+  zero = jnp.uint32(0)  # One pass over both lanes (several times faster than two sums).
+  sums = jax.lax.reduce((a, b), (zero, zero), lambda p, q: (p[0] + q[0], p[1] + q[1]),
+                        tuple(range(w.ndim)))
+  return jnp.stack(sums)
+
+
+_checksum_tree = jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree))
+
+
+def array_checksums(tree: Any) -> dict:
+  """{'params/conv1/kernel': 16 hex digits, ...} for every array of `tree`
+  (device arrays of any sharding, or NumPy arrays)."""
+  sums = jax.device_get(_checksum_tree(tree))
+  flat = jax.tree_util.tree_flatten_with_path(sums)[0]
+  return {_key(path): f'{int(v[0]):08x}{int(v[1]):08x}' for path, v in flat}
+
+
+def verify_checksums(tree: Any, saved: Optional[dict], where: Any) -> None:
+  """Raises CheckpointCorruptError naming the arrays of `tree` whose checksum
+  differs from `saved` (the record saved with the checkpoint). Checkpoints
+  written before checksums existed (no record) pass."""
+  if not saved:
+    return
+  expected = saved.get('arrays', {})
+  got = array_checksums(tree)
+  bad = sorted(k for k in got if k in expected and expected[k] != got[k])
+  if bad:
+    raise CheckpointCorruptError(
+        f'{where}: {len(bad)} array(s) do not match the checksums saved with them '
+        f'({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}): the stored data changed '
+        'after it was written (a disk or copy error).')
+
+
+def _checksum_record(state: Any) -> dict:
+  return {'algorithm': CHECKSUM_ALGORITHM, 'arrays': array_checksums(state)}
 
 
 def _shapes(tree: Any) -> dict:
@@ -59,15 +156,95 @@ def _json_safe(tree):
   return tree
 
 
-def _disk_error(exc: BaseException) -> Optional[OSError]:
-  """The ENOSPC/EDQUOT OSError in `exc`'s cause chain, if any."""
+# Why a write failed -> (cause, fix), by errno.
+WRITE_ERRORS = {
+    errno.ENOSPC: ('the disk is full',
+                   'Free space there, or lower config.keep_checkpoints'),
+    errno.EDQUOT: ('the disk quota is exceeded',
+                   'Raise the quota (or free space) there, or lower config.keep_checkpoints'),
+    errno.EROFS: ('the file system is read-only',
+                  'Remount it read-write, or use a --workdir on a writable file system'),
+    errno.EACCES: ('permission denied',
+                   'Give this user write permission there, or use a --workdir it can write'),
+    errno.EPERM: ('operation not permitted',
+                  'Give this user write permission there, or use a --workdir it can write'),
+}
+# tensorstore (orbax's array writes) reports an OS error inside a ValueError's text.
+_ERRNO_IN_TEXT = re.compile(r"os_error_code='?(\d+)|\[Errno (\d+)\]")
+
+
+def write_errno(exc: Optional[BaseException]) -> Optional[int]:
+  """The errno of WRITE_ERRORS behind `exc` (its cause chain, tensorstore's
+  messages included), or None."""
   seen = set()
   while exc is not None and id(exc) not in seen:
     seen.add(id(exc))
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-      return exc
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+      return exc.errno
+    for match in _ERRNO_IN_TEXT.finditer(str(exc)):
+      code = int(match.group(1) or match.group(2))
+      if code in WRITE_ERRORS:
+        return code
     exc = exc.__cause__ or exc.__context__
   return None
+
+
+def writable_problem(path: str) -> Optional[str]:
+  """None if a file can be created in directory `path` (or in its nearest
+  existing parent, which would hold it), else one line naming the cause and fix."""
+  directory = os.path.abspath(path)
+  while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+    directory = os.path.dirname(directory)
+  try:
+    with tempfile.NamedTemporaryFile(dir=directory, prefix='.alexnet_jax-write-check-'):
+      return None
+  except OSError as e:
+    cause, fix = WRITE_ERRORS.get(e.errno, (e.strerror or str(e), 'Use another --workdir'))
+    return (f'{path} cannot be written: {cause} ([Errno {e.errno}] {os.strerror(e.errno)} '
+            f'in {directory}). {fix}.')
+
+
+class ErrorLog(pylogging.Filter):
+  """While a Checkpointer is open: orbax's ERROR records (the tracebacks of a
+  failed write, logged from its threads) go to WORKDIR/errors.log instead of
+  the console, where our one message (CheckpointWriteError) names the file.
+  `errno` is the first write errno found in them (WRITE_ERRORS)."""
+
+  def __init__(self, workdir: epath.Path):
+    super().__init__()
+    local = '://' not in str(workdir)
+    self.path = str(workdir / 'errors.log') if local else None
+    self.errno: Optional[int] = None
+    self.written = False
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    if record.levelno < pylogging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    if self.errno is None and record.exc_info:
+      self.errno = write_errno(record.exc_info[1])
+    text = pylogging.Formatter('%(asctime)s %(levelname)s %(pathname)s:%(lineno)d] '
+                               '%(message)s').format(record)
+    for path in ([self.path] if self.path else []) + [
+        os.path.join(tempfile.gettempdir(), f'alexnet_jax-errors-{os.getpid()}.log')]:
+      try:
+        with open(path, 'a') as f:
+          f.write(text + '\n')
+        self.path, self.written = path, True
+        return False
+      except OSError:
+        continue  # e.g. the workdir is read-only: the temporary directory.
+    return True  # Nowhere to write it: the console keeps it.
+
+  def __enter__(self):
+    logging.get_absl_logger().addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    logging.get_absl_logger().removeFilter(self)
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [''])[0][:300]
 
 
 def _dir_bytes(path: epath.Path) -> int:
@@ -100,6 +277,7 @@ class Checkpointer:
                         best_mode='min'))
     self._in_flight = {}  # manager -> step of its last (possibly async) save.
     self._failed = set()  # managers whose write failed: partial writes to remove.
+    self._errors = ErrorLog(self.workdir).__enter__()  # until close()
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
@@ -108,9 +286,8 @@ class Checkpointer:
 
   def _restore_step(self, step: int, state: Any, description: dict, check: Any):
     items = {'description': ocp.args.JsonRestore()}
-    has_progress = (self.latest.directory / str(step) / 'progress').exists()
-    if has_progress:
-      items['progress'] = ocp.args.JsonRestore()
+    has = {k: (self.latest.directory / str(step) / k).exists() for k in ('progress', 'checksums')}
+    items.update({k: ocp.args.JsonRestore() for k, present in has.items() if present})
     saved = self.latest.restore(step, args=ocp.args.Composite(**items))
     check_compatible(saved['description'], _json_safe(description), self.latest.directory)
     if check is not None:
@@ -127,7 +304,9 @@ class Checkpointer:
           f'another structure ({str(e).strip().splitlines()[0][:200]}). It was written by another version of the '
           'code or another optimizer config; use a new --workdir, or that code/config.'
       ) from None
-    return restored, dict(saved['progress']) if has_progress else {}
+    verify_checksums(restored, saved['checksums'] if has['checksums'] else None,
+                     f'step {step}')
+    return restored, dict(saved['progress']) if has['progress'] else {}
 
   def restore(self, state: Any, description: dict, step: Optional[int] = None) -> Any:
     """Restores `state` (an abstract or concrete train state) from the latest step."""
@@ -174,10 +353,9 @@ class Checkpointer:
 
   def _put_aside(self, step: int, error: BaseException) -> None:
     dst = self._move(step, 'corrupt')
-    first_line = (str(error).strip().splitlines() or [''])[0][:200]
     logging.warning('Checkpoint step %d in %s cannot be read (%s: %s); moved it to %s and '
                     'falling back to the previous step.', step, self.latest.directory,
-                    type(error).__name__, first_line, dst)
+                    type(error).__name__, _first_line(error), dst)
     self.latest.reload()
 
   # ------------------------------------------------------------------- save
@@ -187,14 +365,15 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _writing(self, manager: ocp.CheckpointManager, step: int):
-    """Turns a failed write (disk full, quota) into one CheckpointWriteError."""
+    """Turns a failed write (disk full, quota, read-only, permissions) into
+    one CheckpointWriteError."""
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
-      disk = _disk_error(e)
-      if disk is None:
+      code = write_errno(e)
+      if code is None:
         raise
-      raise self._write_error(manager, step, disk) from None
+      raise self._write_error(manager, step, code) from None
 
   def _remove_partial(self, manager) -> None:
     """Removes temporary (uncommitted) step directories; the other writes of a
@@ -207,21 +386,27 @@ class Checkpointer:
       except OSError:
         time.sleep(0.2)
 
-  def _write_error(self, manager, step, error: OSError) -> CheckpointWriteError:
+  def _write_error(self, manager, step, code: Optional[int]) -> CheckpointWriteError:
+    """The error of a failed write of `step` (errno `code`, None if unknown),
+    after removing its partial directory."""
     self._in_flight.pop(manager, None)
     self._failed.add(manager)
     self._remove_partial(manager)
     manager.reload()
     good = [s for s in manager.all_steps() if s != step]
     need = _dir_bytes(manager.directory / str(max(good))) if good else 0
+    cause, fix = WRITE_ERRORS.get(code, (
+        'the write did not commit',
+        f'Fix the cause given in the {"details" if self._errors.written else "log above"}'))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+      fix = f'A checkpoint needs about {need:,} bytes (the size of the previous one). {fix}'
+    details = f' Details: {self._errors.path}.' if self._errors.written else ''
     return CheckpointWriteError(
-        error.errno,
-        f'Could not write the checkpoint of step {step} to {manager.directory}: '
-        f'{os.strerror(error.errno)}. A checkpoint needs about {need:,} bytes '
-        f'(the size of the previous one). The partial write was removed; '
-        f'{"step " + str(max(good)) + " is the latest intact checkpoint" if good else "there is no earlier checkpoint"}. '
-        'Free space (or raise the quota) there, or lower config.keep_checkpoints, '
-        'then rerun the same command to resume.')
+        code or errno.EIO,
+        f'Could not write the checkpoint of step {step} to {manager.directory}: {cause}'
+        f'{f" ([Errno {code}] {os.strerror(code)})" if code else ""}. The partial write was '
+        f'removed; {"step " + str(max(good)) + " is the latest intact checkpoint" if good else "there is no earlier checkpoint"}. '
+        f'{fix}, then rerun the same command to resume.{details}')
 
   def _committed(self, manager, step: int) -> bool:
     if any(manager.directory.glob(f'{step}{TMP_SUFFIX}*')):
@@ -239,14 +424,19 @@ class Checkpointer:
         continue
       del self._in_flight[manager]
       if not self._committed(manager, step):
-        raise self._write_error(manager, step, OSError(
-            errno.ENOSPC, f'the save of step {step} did not commit (see the log above)'))
+        code = None
+        try:  # Its threads raise or log why (self._errors reads the log) once joined.
+          manager.wait_until_finished()
+        except Exception as e:  # pylint: disable=broad-except
+          code = write_errno(e)
+        raise self._write_error(manager, step, code or self._errors.errno)
 
   def _save(self, manager, step, state, description, progress, **kw) -> bool:
     if step in manager.all_steps():   # Saved before a kill, or just now: same step, same state.
       return False
     items = {'state': ocp.args.StandardSave(state),
-             'description': ocp.args.JsonSave(_json_safe(description))}
+             'description': ocp.args.JsonSave(_json_safe(description)),
+             'checksums': ocp.args.JsonSave(_checksum_record(state))}
     if progress is not None:
       items['progress'] = ocp.args.JsonSave(_json_safe(progress))
     self.check_writes()
@@ -281,6 +471,7 @@ class Checkpointer:
         m.close()
         if m in self._failed:  # Writes still in flight when the failure showed.
           self._remove_partial(m)
+      self._errors.__exit__()
 
 
 def check_compatible(saved: dict, current: dict, where: Any) -> None:
@@ -307,43 +498,83 @@ def check_compatible(saved: dict, current: dict, where: Any) -> None:
 # --------------------------------------------------------------------------
 
 
-def step_dir(path: str, which: str = 'latest') -> epath.Path:
-  """A checkpoint step directory from a workdir, a manager directory
-  (`checkpoints/`, `best/`) or a step directory itself.
+def step_dirs(path: str, which: str = 'latest') -> list:
+  """The checkpoint step directories that `path` names, newest first: a
+  workdir, a manager directory (`checkpoints/`, `best/`) or one step directory.
 
   which: 'latest' (the workdir's `checkpoints/`) or 'best' (its `best/`).
+  Entries named like a step that are not directories (a stray file `999`) are
+  skipped, as the training loop's orbax manager skips them.
   """
   if which not in ('latest', 'best'):
     raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
   path = epath.Path(path)
   if (path / 'state').is_dir():
-    return path
+    return [path]
   manager = path / ('best' if which == 'best' else 'checkpoints')
   if manager.is_dir():
     path = manager
-  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []
+  steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()),
+                 reverse=True) if path.is_dir() else []
   if not steps:
     raise FileNotFoundError(
         f'No checkpoint in {path}. Give a workdir that holds checkpoints/ (or best/), '
         'such a directory, or one of its step directories.')
-  return path / str(steps[-1])
+  return [path / str(s) for s in steps]
+
+
+def step_dir(path: str, which: str = 'latest') -> epath.Path:
+  """The newest of `step_dirs(path, which)`."""
+  return step_dirs(path, which)[0]
+
+
+def _load_step(directory: epath.Path) -> tuple[Any, dict]:
+  """(params as NumPy arrays, description) of one step directory, verified
+  against its checksums."""
+  if not (directory / 'state').is_dir():
+    raise FileNotFoundError(f'{directory} holds no state/ (not a complete checkpoint)')
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(directory / 'state')
+  if metadata is None or metadata.item_metadata is None:
+    raise FileNotFoundError(f'{directory / "state"} has no readable metadata')
+  tree = metadata.item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  state = checkpointer.restore(directory / 'state',
+                               args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  json_item = ocp.Checkpointer(ocp.JsonCheckpointHandler())
+  description = json_item.restore(directory / 'description')
+  saved = json_item.restore(directory / 'checksums') if (directory / 'checksums').exists() else None
+  verify_checksums(state, saved, str(directory))
+  return state['params'], description
 
 
 def load_params(path: str, which: str = 'latest') -> tuple[Any, dict, int]:
   """(params as NumPy arrays, the saved description, step) of a checkpoint.
 
   Reads only what was saved (no model or optimizer needed), on any number of
-  devices. `path` and `which` as in `step_dir`.
+  devices; the arrays are checked against the checksums saved with them. `path`
+  and `which` as in `step_dirs`: of a workdir or manager directory, the newest
+  step that reads and verifies (a warning names each step passed over; nothing
+  is moved: that is the training run's to do); a step directory given itself
+  must read.
   """
-  directory = step_dir(path, which)
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(directory / 'state').item_metadata.tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  state = checkpointer.restore(directory / 'state',
-                               args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  description = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(directory / 'description')
-  step = int(directory.name) if directory.name.isdigit() else -1
-  return state['params'], description, step
+  directories = step_dirs(path, which)
+  for i, directory in enumerate(directories):
+    try:
+      params, description = _load_step(directory)
+    except Exception as e:  # pylint: disable=broad-except
+      if i + 1 == len(directories):
+        if len(directories) == 1 and isinstance(e, CheckpointCorruptError):
+          raise
+        raise CheckpointCorruptError(
+            f'No checkpoint in {directory.parent} can be read; the last one tried, '
+            f'{directory}: {type(e).__name__}: {_first_line(e)}') from e
+      logging.warning('Checkpoint %s cannot be read (%s: %s); using the previous step.',
+                      directory, type(e).__name__, _first_line(e))
+      continue
+    step = int(directory.name) if directory.name.isdigit() else -1
+    return params, description, step
+  raise AssertionError('unreachable')
 
 
 def merge_params(fresh: Any, loaded: Any, reinit: tuple = (), source: str = '') -> Any:

@@ -11,7 +11,9 @@ image's top-k classes, named by W/class_names.json (written at training time).
 The default is the centre crop; --ten_crop averages the softmax over the
 paper's ten patches (section 4.1; five when the run trained without
 reflections). A folder stands for the image files directly inside it. With
---output_dir, D/predictions.json holds the same numbers.
+--output_dir, D/predictions.json holds the same numbers. A file that cannot be
+read as an image is reported (an ERROR line in its place, an entry in the
+JSON's "errors") and the others are predicted; the exit status is then 1.
 
 ``load_run`` and ``probabilities`` are shared by alexnet_jax.figures and
 alexnet_jax.ensemble.
@@ -21,6 +23,8 @@ import dataclasses
 import functools
 import json
 import os
+import re
+import sys
 from typing import Any, Sequence
 
 from absl import flags
@@ -126,20 +130,31 @@ def list_images(paths: Sequence[str]) -> list:
   return files
 
 
-def eval_images(config, files: Sequence[str], ten_crop: bool) -> np.ndarray:
-  """uint8 (N, S, S, 3) centre crops, or with ten_crop (N, R, R, 3) images (or
-  (N, 5, S, S, 3) patches without a central crop): what the eval pipeline sends."""
+def read_images(config, files: Sequence[str], ten_crop: bool) -> tuple[list, dict]:
+  """([uint8 image per readable file], {file: why it is unreadable}): each
+  file as `eval_images` prepares it; an unreadable one does not stop the rest."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax import preprocessing  # pylint: disable=g-import-not-at-top
   recipe = input_pipeline.make_recipe(config)
-  out = []
+  images, errors = [], {}
   for f in files:
     try:
-      out.append(preprocessing.eval_example(tf.io.read_file(f), recipe, ten_crop).numpy())
+      images.append(preprocessing.eval_example(tf.io.read_file(f), recipe, ten_crop).numpy())
     except tf.errors.OpError as e:
-      raise ValueError(f'{f} is not a readable image ({type(e).__name__}).') from e
-  return np.stack(out)
+      reason = re.sub(r'\{\{[^}]*\}\}\s*', '', e.message or '').split(' [Op:')[0].strip()
+      errors[f] = f'{f} is not a readable image ({type(e).__name__}: {reason[:200]}).'
+  return images, errors
+
+
+def eval_images(config, files: Sequence[str], ten_crop: bool) -> np.ndarray:
+  """uint8 (N, S, S, 3) centre crops, or with ten_crop (N, R, R, 3) images (or
+  (N, 5, S, S, 3) patches without a central crop): what the eval pipeline sends.
+  Raises ValueError naming the first unreadable file."""
+  images, errors = read_images(config, files, ten_crop)
+  if errors:
+    raise ValueError(next(iter(errors.values())))
+  return np.stack(images)
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,25 +179,37 @@ def top_k(probs: np.ndarray, names: Sequence[str], k: int = 5) -> list:
   return [[(int(c), names[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
 
 
-def format_predictions(files: Sequence[str], tops: Sequence[list]) -> str:
-  lines = []
-  for f, top in zip(files, tops):
+def format_predictions(files: Sequence[str], tops: Sequence[list], errors: dict = None,
+                       order: Sequence[str] = None) -> str:
+  """Each file and its top-k lines; an unreadable file (in `errors`, not in
+  `files`) gets its ERROR line instead, in its place in `order` (all files)."""
+  lines, tops, errors = [], dict(zip(files, tops)), errors or {}
+  for f in order or files:
     lines.append(f)
-    lines += [f'  {i}. {name:<24} {100 * p:6.2f}%' for i, (_, name, p) in enumerate(top, 1)]
+    if f in errors:
+      lines.append(f'  ERROR: {errors[f]}')
+    else:
+      lines += [f'  {i}. {name:<24} {100 * p:6.2f}%' for i, (_, name, p) in enumerate(tops[f], 1)]
   return '\n'.join(lines)
 
 
 def predict(workdir: str, paths: Sequence[str], *, checkpoint: str = 'latest',
             ten_crop: bool = False, k: int = 5) -> dict:
+  """Top-k of each image file; unreadable files are listed in 'errors' (file ->
+  message) and left out of 'files' and 'predictions', the rest predicted."""
   run = load_run(workdir, checkpoint)
-  files = list_images(paths)
-  probs = probabilities(run, eval_images(run.config, files, ten_crop), ten_crop)
-  tops = top_k(probs, run.class_names, k)
+  every = list_images(paths)
+  images, errors = read_images(run.config, every, ten_crop)
+  files = [f for f in every if f not in errors]
+  tops = (top_k(probabilities(run, np.stack(images), ten_crop), run.class_names, k)
+          if images else [])
+  text = format_predictions(files, tops, errors, every)
   return {'workdir': run.workdir, 'checkpoint': checkpoint, 'step': run.step,
           'crops': 'ten_crop' if ten_crop else 'centre', 'files': files,
           'predictions': [[{'class': c, 'name': n, 'probability': p} for c, n, p in t]
                           for t in tops],
-          'text': format_predictions(files, tops)}
+          'errors': [{'file': f, 'error': e} for f, e in errors.items()],
+          'text': text}
 
 
 def define_flags():
@@ -206,6 +233,11 @@ def main(argv: Sequence[str]) -> None:
     with open(out, 'w') as f:
       json.dump(result, f, indent=2)
     print(f'Wrote {out}')
+  if result['errors']:  # The rest is predicted; the status says not all were.
+    total = len(result['files']) + len(result['errors'])
+    print(f'ERROR: {len(result["errors"])} of {total} image files could not be read: '
+          f'{", ".join(e["file"] for e in result["errors"])}.', file=sys.stderr)
+    sys.exit(cli.ERROR_STATUS)
 
 
 if __name__ == '__main__':

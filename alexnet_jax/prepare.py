@@ -28,16 +28,21 @@ Output (readable by every host: process p of P reads its even share):
                                         names, encoding, corrupt files
 
 Reliability: shards are split among --workers processes (spawn, whole shards
-each); every file is written under a '.incomplete' name and renamed when
-complete, so a killed run leaves no half-written shard under a final name,
-and a rerun with the same settings skips the complete shards and writes the
-rest. Files that do not decode are left out, logged and listed in the manifest.
+each), which die with the parent (a killed prepare leaves no worker writing).
+Every file is written under a '.incomplete' name and renamed when complete,
+so a killed run leaves no half-written shard under a final name, and a rerun
+with the same settings skips the complete shards and writes the rest; two
+runs write byte-identical files. Files that do not decode are left out,
+logged and listed in the manifest. A class folder (folder source) with no
+images in a split is refused, naming it.
 """
 
 import dataclasses
 import json
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from typing import Callable, List, Optional, Sequence
 
@@ -146,11 +151,13 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
   with tf.io.TFRecordWriter(final + _INCOMPLETE) as writer:
     for seq, data, label, name in ds.as_numpy_iterator():
       seen.add(int(seq))
+      # deterministic: the feature map in sorted key order, so that two runs
+      # write the same bytes (protobuf's map order otherwise varies by process).
       writer.write(tf.train.Example(features=tf.train.Features(feature={
           'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
           'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
           'name': tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
-      })).SerializeToString())
+      })).SerializeToString(deterministic=True))
       written += 1
       image_bytes += len(data)
   corrupt = []
@@ -165,8 +172,29 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
   return {**record, 'split': split_name, 'index': index}
 
 
-def _worker_init() -> None:
-  """A spawned worker: TensorFlow quiet, on one thread, no accelerator."""
+def _die_with_parent(parent: int) -> None:
+  """Ends this worker as soon as process `parent` is gone (kill -9 included):
+  on Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a
+  thread polls the parent pid once a second."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), 'prctl')
+  except (OSError, AttributeError):  # not Linux
+    def poll():
+      while os.getppid() == parent:
+        time.sleep(1.0)
+      os._exit(1)  # pylint: disable=protected-access
+    threading.Thread(target=poll, daemon=True).start()
+  if os.getppid() != parent:  # It died before the line above took effect.
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _worker_init(parent: int) -> None:
+  """A spawned worker: dies with its parent; TensorFlow quiet, on one thread,
+  no accelerator."""
+  _die_with_parent(parent)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
@@ -206,6 +234,27 @@ class Progress:
              f'{self.shards} shards), {rate:,.0f} img/s, ETA {eta}')
 
 
+def folder_class_problems(config, splits: Sequence[str]) -> List[str]:
+  """A folder source's class folders that hold no images, in any of `splits`
+  (a class is the train split's sub-folder: each split needs it, with images),
+  else []. Such a class would be taken silently, with no examples."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  if data_sources.source_name(config) != 'folder':
+    return []
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  source = data_sources.for_config(config)
+  problems = []
+  for split in splits:
+    directory = data_sources._folder_dir(config.dataset.folder, split)  # pylint: disable=protected-access
+    for c in source.class_names:
+      path = os.path.join(directory, c)
+      if not tf.io.gfile.isdir(path):
+        problems.append(f'{path} is missing (class {c!r} of the train split)')
+      elif not data_sources._list_images(path):  # pylint: disable=protected-access
+        problems.append(f'{path} holds no image files')
+  return problems
+
+
 def plan(config, splits: Sequence[str], settings: Settings) -> dict:
   """What prepare will write; raises DatasetNotFoundError / PrepareError first."""
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
@@ -215,6 +264,12 @@ def plan(config, splits: Sequence[str], settings: Settings) -> dict:
                        'config.dataset.prepared_dir / source.')
   settings.validate()
   source = data_sources.for_config(config)
+  problems = folder_class_problems(config, splits)
+  if problems:
+    raise PrepareError(
+        f'{"; ".join(problems[:5])}{f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""}. '
+        'Every class folder of the train split needs images in each split: add them, '
+        'or remove the class folder from every split.')
   sizes = {}
   for name in splits:
     try:
@@ -294,7 +349,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
       pool = None
     else:
       pool = multiprocessing.get_context('spawn').Pool(
-          min(workers, len(tasks)), initializer=_worker_init)
+          min(workers, len(tasks)), initializer=_worker_init, initargs=(os.getpid(),))
       results = pool.imap_unordered(_worker, tasks)
     try:
       for r in results:

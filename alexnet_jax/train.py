@@ -166,7 +166,7 @@ def init_params_from(config, fresh: Any) -> Any:
   fc8 for a new class count) kept at their fresh initialization."""
   try:
     loaded, _, step = ckpt_lib.load_params(config.init_from)
-  except FileNotFoundError as e:  # Reported by main in one line, as a mismatch is.
+  except (FileNotFoundError, ckpt_lib.CheckpointCorruptError) as e:  # One line, as a mismatch.
     raise ckpt_lib.CheckpointMismatchError(f'config.init_from: {e}') from e
   reinit = tuple(config.init_reinit or ())
   params = ckpt_lib.merge_params(jax.device_get(fresh), loaded, reinit, config.init_from)
