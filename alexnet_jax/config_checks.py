@@ -213,7 +213,12 @@ def validate(config, *, num_devices: Optional[int] = None,
   positive_int('dataset.prefetch', 0)
   positive_int('dataset.threads', 0)
   in_range('input.pca_lighting', 0, None)
-  in_range('input.pixel_scale', 0, None, low_open=True)
+  scale = _get(config, 'input.pixel_scale')
+  if isinstance(scale, (tuple, list)):  # one per RGB channel (configs/torchvision.py)
+    if len(scale) != 3 or not all(_is_number(v) and v > 0 for v in scale):
+      bad('input.pixel_scale', scale, 'must be a number > 0 or 3 of them (R, G, B).')
+  else:
+    in_range('input.pixel_scale', 0, None, low_open=True)
   if positive_int('input.resize_size') and positive_int('model.input_size'):
     if config.input.resize_size < config.model.input_size:
       bad('input.resize_size', config.input.resize_size,

@@ -540,7 +540,7 @@ def _train_locked(config, workdir, lock, t_start) -> TrainState:
   input_stats = jax.tree.map(
       lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
       input_stats, stats_sharding)
-  pixel_scale = float(config.input.pixel_scale)
+  pixel_scale = augment.pixel_scale_of(config.input.pixel_scale)  # float or (R, G, B)
 
   # ----------------------------------------------------------------- model
   # Section 3.2: one tower per device on the mesh's 'model' axis (if > 1).
