@@ -9,7 +9,8 @@ float pixel and the device receives 1 byte per pixel:
     reflected), ``offset`` (2,) its top-left in the R x R image, ``flip`` its
     reflection bit and ``alpha`` (3,) its PCA-lighting draw (already times
     the standard deviation 0.1). Output: (pixel - mean cut at offset, then
-    reflected with the patch, + PCA noise) * pixel_scale.
+    reflected with the patch, + PCA noise) * pixel_scale, one scale or one
+    per RGB channel (``pixel_scale_of``).
   evaluation (section 4.1, "ten 224 x 224 patches"): a uint8 R x R image per
     example, cut here into the four corner and the centre patches and their
     reflections; or, for the centre crop alone, the uint8 centre patch.
@@ -29,7 +30,7 @@ so on 0-255 pixels every pixel of an image gets
     255 * [p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T.
 """
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,11 @@ import numpy as np
 # horizontal reflections"; index i + 5 is the reflection of crop i.
 TEN_CROP_ORDER = ('top_left', 'top_right', 'bottom_left', 'bottom_right',
                   'centre')
+
+
+# config.input.pixel_scale: one factor for all channels, or one per RGB channel
+# (torchvision's Normalize: 1 / (std_c * 255)).
+PixelScale = Union[float, Tuple[float, float, float]]
 
 
 class Stats(NamedTuple):
@@ -79,12 +85,29 @@ def _mean_at(mean: jax.Array, offset: jax.Array, size: int) -> jax.Array:
   return jax.lax.dynamic_slice(mean, (offset[0], offset[1], 0), (size, size, 3))
 
 
+def pixel_scale_of(value) -> PixelScale:
+  """config.input.pixel_scale (a number, or 3 numbers: R, G, B) as a static,
+  hashable jit argument: a float or a 3-tuple of floats."""
+  if isinstance(value, (tuple, list)):
+    if len(value) != 3:
+      raise ValueError(f'pixel_scale must be a number or 3 numbers (R, G, B), got {value!r}.')
+    return tuple(float(v) for v in value)
+  return float(value)
+
+
+def scale_pixels(x: jax.Array, pixel_scale: PixelScale) -> jax.Array:
+  """x (..., 3) * pixel_scale: a float, or (R, G, B) broadcast over the last axis."""
+  if isinstance(pixel_scale, (tuple, list)):
+    return x * jnp.asarray(pixel_scale, x.dtype)
+  return x * pixel_scale if pixel_scale != 1 else x
+
+
 def pca_noise(alpha: jax.Array, stats: Stats) -> jax.Array:
   """alpha (b, 3) -> (b, 3) RGB offsets 255 * P (alpha * lambda) on 0-255 pixels."""
   return 255.0 * (alpha * stats.eigval[None]) @ stats.eigvec.T
 
 
-def train_images(batch: dict, stats: Stats, pixel_scale: float = 1.0) -> jax.Array:
+def train_images(batch: dict, stats: Stats, pixel_scale: PixelScale = 1.0) -> jax.Array:
   """Training batch -> float32 (b, S, S, 3) network inputs (section 4.1).
 
   batch: 'image' uint8 (b, S, S, 3), 'offset' int32 (b, 2), 'flip' bool (b,),
@@ -97,11 +120,11 @@ def train_images(batch: dict, stats: Stats, pixel_scale: float = 1.0) -> jax.Arr
   # The mean is cut where the patch was and reflected with it.
   x = jnp.where(batch['flip'][:, None, None, None], x[:, :, ::-1], x)
   x = x + pca_noise(batch['alpha'], stats)[:, None, None, :]
-  return x * pixel_scale if pixel_scale != 1 else x
+  return scale_pixels(x, pixel_scale)
 
 
 def eval_images(images: jax.Array, stats: Stats, crop_size: int,
-                num_crops: int = 1, pixel_scale: float = 1.0) -> jax.Array:
+                num_crops: int = 1, pixel_scale: PixelScale = 1.0) -> jax.Array:
   """Evaluation inputs (section 4.1), float32.
 
   images: uint8 (b, S, S, 3) centre patches (num_crops 1) -> (b, S, S, 3);
@@ -127,7 +150,7 @@ def eval_images(images: jax.Array, stats: Stats, crop_size: int,
       x = jnp.concatenate([x, x[:, :, :, ::-1]], axis=1)  # (b, 10, S, S, 3)
     elif num_crops != 5:
       raise ValueError(f'num_crops must be 1, 5 or 10, got {num_crops}.')
-  return x * pixel_scale if pixel_scale != 1 else x
+  return scale_pixels(x, pixel_scale)
 
 
 def stats_shardings(sharding) -> Stats:

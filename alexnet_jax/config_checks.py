@@ -127,7 +127,12 @@ def _check_input(c: _Checks) -> None:
   c.positive_int('dataset.prefetch', 0)
   c.positive_int('dataset.threads', 0)
   c.in_range('input.pca_lighting', 0, None)
-  c.in_range('input.pixel_scale', 0, None, low_open=True)
+  scale = c.get('input.pixel_scale')
+  if isinstance(scale, (tuple, list)):  # one per RGB channel (configs/torchvision.py)
+    if len(scale) != 3 or not all(_is_number(v) and v > 0 for v in scale):
+      c.bad('input.pixel_scale', scale, 'must be a number > 0 or 3 of them (R, G, B).')
+  else:
+    c.in_range('input.pixel_scale', 0, None, low_open=True)
   if c.positive_int('input.resize_size') and c.positive_int('model.input_size'):
     resize, crop = c.get('input.resize_size'), c.get('model.input_size')
     if resize < crop:

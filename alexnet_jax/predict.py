@@ -54,8 +54,8 @@ class Run:
   stats: augment.Stats  # the run's input statistics, as its evaluation used them
 
   @property
-  def pixel_scale(self) -> float:
-    return float(self.config.input.pixel_scale)
+  def pixel_scale(self) -> augment.PixelScale:
+    return augment.pixel_scale_of(self.config.input.pixel_scale)
 
   def num_crops(self, ten_crop: bool) -> int:
     """1, or the run's ten patches (five if it trained without reflections)."""

@@ -117,7 +117,7 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
   # Section 2 / 4.1 statistics (mean image, PCA), passed to the jitted steps,
   # which finish the preprocessing on the device.
   stats, stats_sharding = _device_stats(stats_lib.for_run(config, data), mesh)
-  pixel_scale = config.input.pixel_scale
+  pixel_scale = augment.pixel_scale_of(config.input.pixel_scale)  # float or (R, G, B)
 
   # ----------------------------------------------------------------- model
   # Section 3.2: one tower per device on the mesh's 'model' axis (if > 1).

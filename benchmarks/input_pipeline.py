@@ -16,6 +16,10 @@ the table reports the median round.
          quality --jpeg_quality; the preparation itself is not timed):
          config.dataset.prepared_dir. Its row also has the decode-only rate of
          the same files (TFRecord parse + tf.io.decode_jpeg, nothing else).
+  decode-only of the originals (in ours' rows): the folder's JPEGs read and
+         fully decoded (tf.io.read_file + tf.io.decode_jpeg, the shape kept),
+         nothing else: what a pipeline that decodes every pixel cannot beat;
+         ours decodes only each patch's window (decode_and_crop_jpeg).
   torch: torch.utils.data.DataLoader over PIL, the transforms torchvision
          applies to PIL images: Resize(256) (PIL antialiased bilinear),
          CenterCrop(256), RandomCrop(227), RandomHorizontalFlip, ToTensor and a
@@ -28,8 +32,10 @@ the table reports the median round.
 
 Rows: key ('ours', 'prepared', 'torch', ...), img_per_cpu_second,
 bytes_per_image (the bytes of one training example as the iterator yields it:
-the nbytes of every array of a batch / batch size), for 'prepared'
-decode_only_img_per_cpu_second, and ratios to PyTorch.
+the nbytes of every array of a batch / batch size), for 'prepared', 'ours' and
+'ours_antialias' decode_only_img_per_cpu_second of their own files and
+vs_decode_only_per_cpu_second (with the single rounds' ratios), and ratios to
+PyTorch.
 """
 
 import argparse
@@ -128,23 +134,36 @@ def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool,
   return steps * passes * batch, t, sum(v.nbytes for v in b.values()) / batch
 
 
-def run_decode_only(root: str, threads: int, batch: int, passes: int):
-  """The prepared files read and decoded (tf.io.decode_jpeg), nothing else."""
+def run_decode_only(root: str, threads: int, batch: int, passes: int,
+                    originals: bool = False):
+  """The prepared files read and decoded (tf.io.decode_jpeg), nothing else; or
+  (originals) the folder's original JPEGs read and fully decoded, of which only
+  the shape is kept (they differ in size), so nothing but reading and decoding
+  is timed."""
   tf = _import_tf()
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(root, PREPARED)
-  manifest = data_sources.read_manifest(directory)
-  files = [os.path.join(directory, s['file']) for s in manifest['splits']['train']['shards']]
-  n = manifest['splits']['train']['num_examples']
+  if originals:
+    train = os.path.join(root, 'train')
+    files = sorted(os.path.join(train, c, f) for c in os.listdir(train)
+                   for f in os.listdir(os.path.join(train, c)))
+    n = len(files)
+    ds = tf.data.Dataset.from_tensor_slices(files).shuffle(n, seed=0)
+    decode = lambda path: tf.shape(tf.io.decode_jpeg(tf.io.read_file(path), channels=3))
+  else:
+    directory = os.path.join(root, PREPARED)
+    manifest = data_sources.read_manifest(directory)
+    files = [os.path.join(directory, s['file']) for s in manifest['splits']['train']['shards']]
+    n = manifest['splits']['train']['num_examples']
+    ds = tf.data.TFRecordDataset(files)
 
-  def decode(record):
-    ex = tf.io.parse_single_example(record, data_sources.PREPARED_FEATURES)
-    return tf.io.decode_jpeg(ex['image'], channels=3)
+    def decode(record):
+      ex = tf.io.parse_single_example(record, data_sources.PREPARED_FEATURES)
+      return tf.io.decode_jpeg(ex['image'], channels=3)
 
   options = tf.data.Options()
   options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
-  ds = tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True).repeat().with_options(options)
   it = iter(ds)
   steps = n // batch
@@ -218,8 +237,9 @@ def worker_main(args) -> None:
   os.sched_setaffinity(0, set(range(args.n)))
   if args.pipeline == 'torch':
     count, t, nbytes = run_torch(args.root, args.n, args.batch, args.passes)
-  elif args.pipeline == 'decode_only':
-    count, t, nbytes = run_decode_only(args.root, args.n, args.batch, args.passes)
+  elif args.pipeline in ('decode_only', 'decode_only_originals'):
+    count, t, nbytes = run_decode_only(args.root, args.n, args.batch, args.passes,
+                                       originals=args.pipeline == 'decode_only_originals')
   else:
     count, t, nbytes = run_ours(args.root, args.n, args.batch, args.passes,
                                 antialias=args.pipeline == 'ours_antialias',
@@ -251,6 +271,9 @@ PIPELINES = {
     'ours_antialias': 'tf.data (ours): same, antialiased bilinear (PIL-like)',
     'torch': 'PyTorch DataLoader + PIL (torchvision PIL transforms), AA bilinear',
 }
+# The decode-only run of each pipeline's own files: its row's ceiling.
+DECODE_ONLY = {'ours': 'decode_only_originals', 'ours_antialias': 'decode_only_originals',
+               'prepared': 'decode_only'}
 
 
 def main() -> None:
@@ -286,7 +309,9 @@ def main() -> None:
   unknown = set(pipelines) - set(PIPELINES)
   if unknown:
     sys.exit(f'--pipelines: unknown {sorted(unknown)}; expected some of {",".join(PIPELINES)}.')
-  runs = pipelines + (['decode_only'] if 'prepared' in pipelines else [])
+  runs = []  # each pipeline right before the decode-only run of its own files
+  for p in pipelines:
+    runs += [x for x in (p, DECODE_ONLY.get(p)) if x and x not in runs]
   results = {(p, n): [] for p in runs for n in cores}
   prepared_bytes = None
   with tempfile.TemporaryDirectory() as root:
@@ -321,11 +346,17 @@ def main() -> None:
              'img_per_s': median(p, 'rate'), 'img_per_s_per_core': median(p, 'rate') / n,
              'img_per_cpu_second': median(p, 'per_cpu_second'),
              'bytes_per_image': median(p, 'bytes_per_image'), 'rounds': results[(p, n)]}
-      if p == 'prepared':
-        row['decode_only_img_per_cpu_second'] = median('decode_only', 'per_cpu_second')
-        row['decode_only_rounds'] = results[('decode_only', n)]
+      decode_only = DECODE_ONLY.get(p)
+      if decode_only:
+        row['decode_only_img_per_cpu_second'] = median(decode_only, 'per_cpu_second')
+        row['decode_only_rounds'] = results[(decode_only, n)]
         row['vs_decode_only_per_cpu_second'] = (
             row['img_per_cpu_second'] / row['decode_only_img_per_cpu_second'])
+        # Ratios of single rounds (the pair ran back to back): the spread under load.
+        row['vs_decode_only_rounds'] = [
+            a['per_cpu_second'] / b['per_cpu_second']
+            for a, b in zip(results[(p, n)], results[(decode_only, n)])]
+      if p == 'prepared':
         row['stored_bytes_per_image'] = prepared_bytes
         row['jpeg_quality'] = args.jpeg_quality
       if 'torch' in pipelines:

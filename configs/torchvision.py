@@ -11,10 +11,11 @@ variant:
 on 227 crops; this config also sets torchvision's input.)
 
 Input as torchvision's ImageNet recipe: shorter side 256, centre 224 crop,
-antialiased bilinear resampling (PIL), per-channel mean (0.485, 0.456, 0.406)
-* 255 subtracted. torchvision also divides each channel by its own std (0.229,
-0.224, 0.225) * 255; ours has one pixel scale, 1 / (0.226 * 255), the mean of
-the three, so each channel's input is off by at most 1.3% (0.229 / 0.226).
+antialiased bilinear resampling (PIL), then Normalize: per-channel mean
+(0.485, 0.456, 0.406) * 255 subtracted and each channel divided by its own
+std (0.229, 0.224, 0.225) * 255 (a per-channel config.input.pixel_scale). On
+a 256x256 image (no resampling) predict's probabilities equal torchvision's
+eval transform and forward to < 1e-5 (tests/test_import_parity.py).
 
 Deviations from configs/ilsvrc.py: the model (no LRN, no towers, 64-192-384-
 256-256 maps) and the input above.
@@ -35,6 +36,9 @@ def get_config(arg=None):
 
   config.input.antialias = True
   config.input.mean = 'channel'
-  config.input.published_mean_rgb = (123.675, 116.28, 103.53)
-  config.input.pixel_scale = 1 / (0.226 * 255)
+  # torchvision's Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+  # on [0, 1] pixels, as (pixel - 255 mean) * 1 / (255 std) on 0..255 pixels.
+  config.input.published_mean_rgb = tuple(255 * m for m in (0.485, 0.456, 0.406))
+  with config.input.ignore_type():  # a float in configs/ilsvrc.py
+    config.input.pixel_scale = tuple(1 / (255 * s) for s in (0.229, 0.224, 0.225))
   return config

@@ -142,12 +142,16 @@ def test_input_pipeline_benchmark_prepared_rows(tmp_path):
   out = tmp_path / 'input_pipeline.json'
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'benchmarks', 'input_pipeline.py'),
-       f'--data={data}', '--pipelines=prepared', '--cores=1', '--rounds=1', '--passes=1',
+       f'--data={data}', '--pipelines=ours,prepared', '--cores=1', '--rounds=1', '--passes=1',
        '--repeat=1', '--batch=4', f'--output={out}'],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Wrote 8 images' in proc.stdout  # the prepare command's own report
-  (row,) = json.loads(out.read_text())['rows']
+  ours, row = json.loads(out.read_text())['rows']
+  # ours beside the decode-only rate of the original files (issue 20, item 14).
+  assert ours['key'] == 'ours' and ours['decode_only_img_per_cpu_second'] > 0
+  assert ours['vs_decode_only_per_cpu_second'] == (
+      ours['img_per_cpu_second'] / ours['decode_only_img_per_cpu_second'])
   assert row['key'] == 'prepared' and row['img_per_cpu_second'] > 0
   assert row['decode_only_img_per_cpu_second'] > 0 and row['stored_bytes_per_image'] > 0
   # One training example as the iterator yields it: a 227x227x3 image and a label.
