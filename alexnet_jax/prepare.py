@@ -246,6 +246,8 @@ def folder_class_problems(config, splits: Sequence[str]) -> List[str]:
   problems = []
   for split in splits:
     directory = data_sources._folder_dir(config.dataset.folder, split)  # pylint: disable=protected-access
+    if not tf.io.gfile.isdir(directory):  # a missing split: DatasetNotFoundError names it
+      continue
     for c in source.class_names:
       path = os.path.join(directory, c)
       if not tf.io.gfile.isdir(path):
@@ -295,6 +297,29 @@ def default_splits(config) -> List[str]:
   return [source.train_split, source.eval_split]
 
 
+def _manifest(the_plan: dict, settings: Settings, done: dict) -> dict:
+  """manifest.json of a finished preparation: the plan's dataset, the settings,
+  and every shard's examples, bytes and corrupt files."""
+  manifest = {k: the_plan[k] for k in ('format', 'source', 'train_split', 'eval_split',
+                                       'num_classes', 'class_names')}
+  manifest.update(resize_size=settings.resize_size, antialias=settings.antialias,
+                  encoding=settings.encoding, jpeg_quality=settings.jpeg_quality)
+  manifest['splits'], image_bytes, corrupt = {}, 0, []
+  for name, s in the_plan['splits'].items():
+    shards = [done[(name, i)] for i in range(s['num_shards'])]
+    manifest['splits'][name] = {
+        'num_examples': sum(r['num_examples'] for r in shards),
+        'shards': [{'file': r['file'], 'num_examples': r['num_examples']} for r in shards],
+        'corrupt': [c for r in shards for c in r['corrupt']]}
+    image_bytes += sum(r['image_bytes'] for r in shards)
+    corrupt += manifest['splits'][name]['corrupt']
+  images = sum(v['num_examples'] for v in manifest['splits'].values())
+  manifest['image_bytes'] = image_bytes
+  manifest['bytes_per_image'] = image_bytes / max(images, 1)
+  manifest['corrupt'] = corrupt
+  return manifest
+
+
 def prepare(config, output_dir: str, settings: Settings = Settings(),
             splits: Optional[Sequence[str]] = None, workers: int = 1,
             out: Callable[[str], None] = print) -> dict:
@@ -308,7 +333,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
   if workers < 1:
     raise PrepareError(f'--workers={workers}: expected >= 1.')
   settings = dataclasses.replace(settings, resize_size=config.input.resize_size,
-                                 antialias=bool(config.input.get('antialias', False)))
+                                 antialias=bool(config.input.antialias))
   splits = list(splits or default_splits(config))
   if len(set(splits)) != len(splits) or not all(splits):
     raise PrepareError(f'--splits={",".join(splits)}: expected distinct split names.')
@@ -363,29 +388,15 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
         pool.terminate()
         pool.join()
 
-  manifest = {k: the_plan[k] for k in ('format', 'source', 'train_split', 'eval_split',
-                                       'num_classes', 'class_names')}
-  manifest.update(resize_size=settings.resize_size, antialias=settings.antialias,
-                  encoding=settings.encoding, jpeg_quality=settings.jpeg_quality)
-  manifest['splits'], image_bytes, corrupt = {}, 0, []
-  for name, s in the_plan['splits'].items():
-    shards = [done[(name, i)] for i in range(s['num_shards'])]
-    manifest['splits'][name] = {
-        'num_examples': sum(r['num_examples'] for r in shards),
-        'shards': [{'file': r['file'], 'num_examples': r['num_examples']} for r in shards],
-        'corrupt': [c for r in shards for c in r['corrupt']]}
-    image_bytes += sum(r['image_bytes'] for r in shards)
-    corrupt += manifest['splits'][name]['corrupt']
-  images = sum(v['num_examples'] for v in manifest['splits'].values())
-  manifest['image_bytes'] = image_bytes
-  manifest['bytes_per_image'] = image_bytes / max(images, 1)
-  manifest['corrupt'] = corrupt
+  manifest = _manifest(the_plan, settings, done)
   _atomic_write(os.path.join(output_dir, data_sources.MANIFEST),
                 json.dumps(manifest, indent=1, sort_keys=True))
   for f in tf.io.gfile.listdir(output_dir):  # leftovers of killed runs
     if f.endswith(_INCOMPLETE):
       tf.io.gfile.remove(os.path.join(output_dir, f))
   num_shards = sum(len(v['shards']) for v in manifest['splits'].values())
+  images, image_bytes, corrupt = (sum(v['num_examples'] for v in manifest['splits'].values()),
+                                  manifest['image_bytes'], manifest['corrupt'])
   out(f'Wrote {images:,} images in {num_shards} shards to {output_dir}: {image_bytes / 1e6:,.1f} MB, '
       f'{manifest["bytes_per_image"] / 1e3:.1f} KB per image; {len(corrupt)} corrupt '
       f'file(s) left out{": " + ", ".join(corrupt) if corrupt else ""}.')
