@@ -114,7 +114,12 @@ def get_config(arg=None):
   config.model.activation = 'relu'       # section 3.1
   config.model.dropout_rate = 0.5        # section 4.2
   config.model.remove_conv = 0           # section 7 ablation: 3, 4 or 5
-  config.model.kernel_init = 'paper'     # section 5: N(0, 0.01^2); 'he' = N(0, 2/fan_in)
+  config.model.kernel_init = 'paper'     # section 5: N(0, std^2); 'he' = N(0, 2/fan_in)
+  # Section 5: std 0.01 in every layer. The stds of conv1..conv5, fc6, fc7, fc8;
+  # Caffe's bvlc_alexnet: --config.model.init_std="(0.01,0.01,0.01,0.01,0.01,0.005,0.005,0.01)".
+  config.model.init_std = (0.01,) * 8
+  # Section 5: biases 1 in conv2, conv4, conv5, fc6 and fc7 (0 elsewhere).
+  config.model.bias_init = 1.0
   config.model.dtype = 'float32'         # compute dtype; 'bfloat16' for mixed precision
 
   # ------------------------------------------------- training (section 5)
