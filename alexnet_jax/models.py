@@ -162,9 +162,11 @@ RELU_LAYERS = WEIGHT_LAYERS[:-1]
 
 
 def layer_stds(init_std) -> dict:
-  """AlexNet.init_std (one std, or one per layer of WEIGHT_LAYERS) -> {layer: std}."""
-  stds = (tuple(init_std) if isinstance(init_std, (tuple, list))
-          else (init_std,) * len(WEIGHT_LAYERS))
+  """AlexNet.init_std (one std, alone or in a 1-tuple as `--config.model.init_std=0.005`
+  gives it, or one per layer of WEIGHT_LAYERS) -> {layer: std}."""
+  stds = tuple(init_std) if isinstance(init_std, (tuple, list)) else (init_std,)
+  if len(stds) == 1:
+    stds *= len(WEIGHT_LAYERS)
   if (len(stds) != len(WEIGHT_LAYERS)
       or not all(isinstance(v, (int, float)) and v > 0 for v in stds)):
     raise ValueError(f'init_std must be one positive std or {len(WEIGHT_LAYERS)} of them '
