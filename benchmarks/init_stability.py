@@ -252,8 +252,11 @@ def _mean(xs):
 
 
 def table(results: dict, firing_steps) -> str:
-  """Markdown: one row per dataset and variant."""
-  head = ('| data | variant | steps | loss 1-10 | loss last 10 | chance | left chance at | '
+  """Markdown: one row per dataset and variant. 'left chance at': the first
+  step whose trailing 10-step mean loss is below 0.95 ln(K); 'fc7 @s': fc7's
+  firing fraction on step s's batch; the last column on the real JPEGs."""
+  head = ('| data | variant | steps | loss 1-10 | loss last 10 | peak loss 11+ | chance '
+          '| left chance at | '
           + ' | '.join(f'fc7 @{s}' for s in firing_steps)
           + ' | lowest layer at end | fc7 on real JPEGs |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
@@ -270,7 +273,8 @@ def table(results: dict, firing_steps) -> str:
     left = r['left_chance_step']
     lines.append(
         f"| {r['dataset']} | {r['variant']} | {n}{' (' + r['stopped'] + ')' if r['stopped'] else ''} "
-        f"| {_mean(r['loss'][:10]):.3f} | {_mean(r['loss'][-10:]):.3f} | {r['chance_loss']:.3f} "
+        f"| {_mean(r['loss'][:10]):.3f} | {_mean(r['loss'][-10:]):.3f} "
+        f"| {max(r['loss'][10:], default=float('nan')):.2f} | {r['chance_loss']:.3f} "
         f"| {left if left else 'no'} | " + ' | '.join(at)
         + f" | {low} {r['firing'][low][-1]:.2f} | {real} |")
   return '\n'.join(lines)
@@ -359,20 +363,21 @@ def main(argv=None) -> int:
     if 'jpegs' in datasets and not have_jpegs:
       print(f'{SHARED_JPEGS} is absent: no real-JPEG runs and no real-image firing.')
       datasets = [d for d in datasets if d != 'jpegs']
+    command = 'python benchmarks/init_stability.py ' + ' '.join(
+        sys.argv[1:] if argv is None else argv)
+    device = jax.devices()[0]
     with tempfile.TemporaryDirectory() as tmp:
       folder = jpeg_folder(os.path.join(tmp, 'jpegs'), args.jpeg_images) if have_jpegs else None
       for d in datasets:
         for v in variants:
           print(f'{d} / {v}: {VARIANTS[v][0]}', flush=True)
-          results[f'{d}/{v}'] = run_variant(d, v, args, folder, folder)
+          results[f'{d}/{v}'] = {**run_variant(d, v, args, folder, folder),
+                                 'command': command.strip(),
+                                 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+                                 'device': f'{device.platform} ({device.device_kind})'}
           os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-          device = jax.devices()[0]
           with open(args.output, 'w') as f:
-            json.dump({'date': time.strftime('%Y-%m-%d'),
-                       'device': f'{device.platform} ({device.device_kind})',
-                       'command': 'python benchmarks/init_stability.py ' + ' '.join(
-                           sys.argv[1:] if argv is None else argv),
-                       'runs': results}, f, indent=1)
+            json.dump({'runs': results}, f, indent=1)
   if not results:
     print(f'ERROR: no results in {args.output}; run without --report_only first.',
           file=sys.stderr)
@@ -380,7 +385,7 @@ def main(argv=None) -> int:
   firing_steps = [int(s) for s in args.firing_steps.split(',')]
   print(table(results, firing_steps))
   plot(results, args.plot)
-  print(f'Wrote {args.output} and {args.plot}.')
+  print(f'Wrote {args.plot}' + ('.' if args.report_only else f' and {args.output}.'))
   return 0
 
 
