@@ -247,6 +247,23 @@ def run_variant(dataset: str, name: str, args, folder: str, jpeg_root) -> dict:
 # --------------------------------------------------------------------------
 
 
+def _rounded(x):
+  if isinstance(x, float):
+    return float(f'{x:.6g}')
+  if isinstance(x, dict):
+    return {k: _rounded(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_rounded(v) for v in x]
+  return x
+
+
+def write_results(path: str, results: dict) -> None:
+  """{'runs': {'dataset/variant': record}}, one line per run, 6 significant digits."""
+  lines = [f'  {json.dumps(k)}: {json.dumps(_rounded(v))}' for k, v in results.items()]
+  with open(path, 'w') as f:
+    f.write('{"runs": {\n' + ',\n'.join(lines) + '\n}}\n')
+
+
 def _mean(xs):
   return sum(xs) / len(xs) if xs else float('nan')
 
@@ -376,8 +393,7 @@ def main(argv=None) -> int:
                                  'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
                                  'device': f'{device.platform} ({device.device_kind})'}
           os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-          with open(args.output, 'w') as f:
-            json.dump({'runs': results}, f, indent=1)
+          write_results(args.output, results)
   if not results:
     print(f'ERROR: no results in {args.output}; run without --report_only first.',
           file=sys.stderr)

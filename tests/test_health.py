@@ -80,15 +80,22 @@ def _numpy_fraction(y):
   return sum(1 for unit in range(y.shape[1]) if (y[:, unit] > 0).any()) / y.shape[1]
 
 
-def _train_step_metrics(model, params, images, labels):
+@pytest.fixture(scope='module')
+def train_step_metrics():
+  """(params, images, labels) -> the metrics of one jitted train step of _tiny()
+  from those params (compiled once for the module)."""
   steps, optimizer = _steps_and_optimizer()
-  config = ilsvrc.get_config()
-  tx = optimizer.make_optimizer(config, steps_per_epoch=10)
-  state = steps.create_train_state(jax.random.key(0), model, tx).replace(params=params)
+  model = _tiny()
+  tx = optimizer.make_optimizer(ilsvrc.get_config(), steps_per_epoch=10)
+  state = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    rng=jax.random.key(1)))
-  _, metrics = step(state, {'image': images, 'label': labels})
-  return jax.device_get(metrics)
+
+  def run(params, images, labels):
+    s = state.replace(params=params, opt_state=tx.init(params), step=np.int32(0),
+                      plateau={})
+    return jax.device_get(step(s, {'image': images, 'label': labels})[1])
+  return run
 
 
 @pytest.fixture(scope='module')
@@ -113,11 +120,10 @@ def test_firing_fraction_by_hand():
   assert float(models.firing_fraction(np.full((1, 2, 2, 5), 1e-30, np.float32))) == 1.0
 
 
-def test_train_step_firing_equals_numpy_count(batch):
+def test_train_step_firing_equals_numpy_count(batch, train_step_metrics):
   images, labels = batch
-  model = _tiny()
-  params = _params(model)
-  metrics = _train_step_metrics(model, params, images, labels)
+  params = _params(_tiny())
+  metrics = train_step_metrics(params, images, labels)
   pre, out = _numpy_relu_outputs(jax.device_get(params), images)
   fractions = {}
   for name in LAYERS:
@@ -130,12 +136,16 @@ def test_train_step_firing_equals_numpy_count(batch):
   assert any(0 < f < 1 for f in fractions.values()), fractions
 
 
-def test_dead_fc7_reads_zero(batch):
+def test_dead_fc7_reads_zero(batch, train_step_metrics):
   images, labels = batch
-  model = _tiny()
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))['params']
-  params['fc7'] = dict(params['fc7'], bias=jnp.full_like(params['fc7']['bias'], -10.0))
-  metrics = _train_step_metrics(model, params, images, labels)
+  # Small weights N(0, 0.01^2) and biases 1, as at the start of training; then
+  # fc7's biases at -10.
+  rng = np.random.default_rng(2)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, s: (rng.normal(0, 0.01, s.shape) if path[-1].key == 'kernel'
+                       else np.ones(s.shape)).astype(np.float32), _shapes(_tiny()))
+  params['fc7']['bias'] = np.full_like(params['fc7']['bias'], -10.0)
+  metrics = train_step_metrics(params, images, labels)
   assert float(metrics['firing_fc7']) == 0.0
   assert float(metrics['firing_fc6']) == 1.0   # The paper's biases 1: all fire.
   assert all(0 < float(metrics[f'firing_{n}']) <= 1 for n in LAYERS[:-1])
@@ -156,7 +166,7 @@ def test_health_is_not_collected_unless_asked(batch):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('bias_init,init_std', [(1.0, 0.01), (0.1, CAFFE_STD), (0.0, (0.02,))])
+@pytest.mark.parametrize('bias_init,init_std', [(1.0, (0.02,)), (0.1, CAFFE_STD)])
 def test_init_switches(bias_init, init_std):
   model = models.create_model({'name': 'alexnet_tiny', 'input_size': SIZE,
                                'bias_init': bias_init, 'init_std': init_std})
@@ -168,6 +178,13 @@ def test_init_switches(bias_init, init_std):
     assert abs(w.std() / std - 1) < 6 / np.sqrt(2 * w.size), name
     want = bias_init if name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
     np.testing.assert_array_equal(params[name]['bias'], np.float32(want), err_msg=name)
+
+
+def test_layer_stds():
+  assert models.layer_stds(0.01) == dict.fromkeys(models.WEIGHT_LAYERS, 0.01)
+  assert models.layer_stds((0.005,)) == dict.fromkeys(models.WEIGHT_LAYERS, 0.005)
+  assert models.layer_stds(CAFFE_STD)['fc6'] == 0.005
+  assert models.layer_stds(CAFFE_STD)['fc8'] == 0.01
 
 
 def test_bad_init_std_is_a_config_problem():
