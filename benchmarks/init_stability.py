@@ -64,7 +64,6 @@ VARIANTS = {
                                               'optimizer.learning_rate': 0.001}),
 }
 DEFAULT_VARIANTS = ('paper', 'bias_0.1', 'caffe', 'zero_bias', 'paper_warmup')
-RELU_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7')
 WINDOW = 10   # steps averaged for "left chance"
 CHANCE_MARGIN = 0.95  # left chance: the WINDOW-step mean loss < 0.95 ln(K)
 
@@ -162,14 +161,13 @@ def real_image_firing(config, state_params, model, input_stats, jpeg_root: str) 
   """Firing fraction of each ReLU layer on the sample JPEGs' centre crops
   (evaluation mode), preprocessed with the run's own input statistics."""
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax import augment, input_pipeline, models  # pylint: disable=g-import-not-at-top
   c = config.copy_and_resolve_references()
   c.dataset.source, c.dataset.folder, c.dataset.eval_split = 'folder', jpeg_root, 'val'
   c.dataset.train_split = 'train'
-  images = [b['image'][b['mask']] for b in
-            input_pipeline.eval_iterator(c, batch_size=16, ten_crop=False)]
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  images = np.concatenate(images)
+  images = np.concatenate([b['image'][b['mask']] for b in
+                           input_pipeline.eval_iterator(c, batch_size=16, ten_crop=False)])
 
   @jax.jit
   def firing(params, images):
@@ -213,7 +211,7 @@ def run_variant(dataset: str, name: str, args, folder: str, jpeg_root) -> dict:
             'num_classes': config.model.num_classes, 'steps_per_epoch': spe,
             'chance_loss': math.log(config.model.num_classes),
             'loss': [], 'top1_error': [], 'l2_grads': [], 'learning_rate_used': [],
-            'firing': {k: [] for k in RELU_LAYERS}, 'stopped': None}
+            'firing': {k: [] for k in models.RELU_LAYERS}, 'stopped': None}
   t0 = time.time()
   for i in range(1, num_steps + 1):
     state, m = step_fn(state, next(batches), input_stats)
@@ -222,10 +220,10 @@ def run_variant(dataset: str, name: str, args, folder: str, jpeg_root) -> dict:
     record['top1_error'].append(float(m['top1_error']))
     record['l2_grads'].append(float(m['l2_grads']))
     record['learning_rate_used'].append(float(m['learning_rate']))
-    for k in RELU_LAYERS:
+    for k in models.RELU_LAYERS:
       record['firing'][k].append(float(m[f'firing_{k}']))
     if i == 1 or i % args.print_every == 0 or i == num_steps:
-      low = min(RELU_LAYERS, key=lambda k: record['firing'][k][-1])
+      low = min(record['firing'], key=lambda k: record['firing'][k][-1])
       print(f'  {dataset} {name} step {i}/{num_steps}: loss {m["loss"]:.4f}, fc7 firing '
             f'{m["firing_fc7"]:.3f}, lowest {low} {record["firing"][low][-1]:.3f} '
             f'({time.time() - t0:.0f}s)', flush=True)
@@ -284,7 +282,7 @@ def table(results: dict, firing_steps) -> str:
     n = len(r['loss'])
     fc7 = r['firing']['fc7']
     at = [f'{fc7[s - 1]:.2f}' if s <= n else '-' for s in firing_steps]
-    low = min(RELU_LAYERS, key=lambda k: r['firing'][k][-1])
+    low = min(r['firing'], key=lambda k: r['firing'][k][-1])
     real = r.get('real_image_firing')
     real = f"{real['fc7']:.3f}" if real else 'n/a'
     left = r['left_chance_step']
