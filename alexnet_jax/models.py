@@ -155,6 +155,49 @@ def max_pool(x: Array, window: int, stride: int, impl: str = 'auto') -> Array:
 # distribution with standard deviation 0.01."
 paper_init = nn.initializers.normal(stddev=0.01)
 
+# The weight layers in order, as AlexNet.init_std lists their stds.
+WEIGHT_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+# The ReLU layers whose firing fractions AlexNet sows into 'health'.
+RELU_LAYERS = WEIGHT_LAYERS[:-1]
+
+
+def layer_stds(init_std) -> dict:
+  """AlexNet.init_std (one std, alone or in a 1-tuple as `--config.model.init_std=0.005`
+  gives it, or one per layer of WEIGHT_LAYERS) -> {layer: std}."""
+  stds = tuple(init_std) if isinstance(init_std, (tuple, list)) else (init_std,)
+  if len(stds) == 1:
+    stds *= len(WEIGHT_LAYERS)
+  if (len(stds) != len(WEIGHT_LAYERS)
+      or not all(isinstance(v, (int, float)) and v > 0 for v in stds)):
+    raise ValueError(f'init_std must be one positive std or {len(WEIGHT_LAYERS)} of them '
+                     f'({", ".join(WEIGHT_LAYERS)}), got {init_std!r}.')
+  return dict(zip(WEIGHT_LAYERS, map(float, stds)))
+
+
+def firing_fraction(x: Array) -> Array:
+  """Fraction of x's units (last axis: a conv layer's channels, an fc layer's
+  neurons) that fire, i.e. are > 0 for at least one example and position.
+
+  A ReLU layer at 0 passes no gradient: when no unit fires the layers below
+  stop learning (issue 17). x (B, ..., C) -> () float32.
+  """
+  fired = jnp.any(x > 0, axis=tuple(range(x.ndim - 1)))   # (C,)
+  return fired.mean(dtype=jnp.float32)
+
+
+def sow_firing(module: nn.Module, layer: str, x: Array) -> Array:
+  """Sows firing_fraction(x) as ``module``'s 'health' entry 'firing_<layer>'
+  (not '<layer>': that is the layer's own scope); returns x. A no-op unless
+  the 'health' collection is mutable."""
+  module.sow('health', f'firing_{layer}', firing_fraction(x))
+  return x
+
+
+def firing_metrics(health: Any) -> dict:
+  """The 'health' collection of ``model.apply(..., mutable=['health'])`` as
+  {'firing_conv1': fraction, ...} (empty for a model that sows none)."""
+  return {name: values[-1] for name, values in dict(health).get('health', {}).items()}
+
 
 def tower_maps(x: Array, mesh: Optional[Mesh], axis: str, split: bool) -> Array:
   """Section 3.2 on a device mesh: x's maps (last axis) split or whole.
@@ -250,9 +293,9 @@ class Conv(nn.Module):
     return y + bias
 
 
-def _kernel_init(name: str) -> Callable:
+def _kernel_init(name: str, std: float = 0.01) -> Callable:
   if name == 'paper':
-    return paper_init
+    return nn.initializers.normal(stddev=std)
   if name == 'he':
     return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
   raise ValueError(f"Unknown kernel_init {name!r}; use 'paper' or 'he'.")
@@ -309,9 +352,20 @@ class AlexNet(nn.Module):
   # Section 7: "removing any of the middle layers" costs ~2% top-1.
   # 0 keeps all; 3, 4 or 5 removes that conv layer.
   remove_conv: int = 0
-  # 'paper': N(0, 0.01^2) (section 5). 'he': N(0, 2/fan_in), a named deviation
-  # for narrow or shallow-input variants where 0.01 makes the signal vanish.
+  # 'paper': N(0, std^2) with init_std's std (section 5: 0.01). 'he': N(0,
+  # 2/fan_in), a named deviation for narrow or shallow-input variants where 0.01
+  # makes the signal vanish (init_std is then unused).
   kernel_init: str = 'paper'
+  # The std of each weight layer's Gaussian, conv1..conv5, fc6, fc7, fc8 (one
+  # float: all of them). Section 5: 0.01 everywhere; Caffe's bvlc_alexnet
+  # (train_val.prototxt): 0.005 in fc6 and fc7.
+  init_std: Any = (0.01,) * 8
+  # Section 5: "We initialized the neuron biases in the second, fourth, and
+  # fifth convolutional layers, as well as in the fully-connected hidden layers,
+  # with the constant 1"; the other biases are 0. Caffe's bvlc_alexnet uses 0.1,
+  # "found necessary for training, as initialization to 1 gave flat loss";
+  # configs/ilsvrc.py's default (issue 17, docs/init_stability.md).
+  bias_init: float = 1.0
   grouped_conv_impl: str = 'auto'
   # Section 3.2 on a device mesh, set by alexnet_jax.parallel.split_towers:
   # each device along `tower_axis` holds one tower's kernels and maps. None: no
@@ -333,16 +387,27 @@ class AlexNet(nn.Module):
                        f'images (input_size={self.input_size}), got {x.shape}.')
     if self.remove_conv not in (0, 3, 4, 5):
       raise ValueError(f'remove_conv must be 0, 3, 4 or 5, got {self.remove_conv}.')
-    act = _activation(self.activation)
+    activation = _activation(self.activation)
     g = self.towers
-    init = _kernel_init(self.kernel_init)
-    conv = functools.partial(Conv, impl=self.grouped_conv_impl, dtype=self.dtype,
-                             param_dtype=self.param_dtype, kernel_init=init,
-                             mesh=self.mesh, tower_axis=self.tower_axis)
+    stds = layer_stds(self.init_std)
+    init = lambda name: _kernel_init(self.kernel_init, stds[name])
+    b = self.bias_init
+
+    def act(x, name):  # Section 3.1; its firing fraction for train_step's metrics.
+      return sow_firing(self, name, activation(x))
+
+    def conv(features, kernel_size, *, name, **kw):
+      return Conv(features, kernel_size, impl=self.grouped_conv_impl, dtype=self.dtype,
+                  param_dtype=self.param_dtype, kernel_init=init(name), mesh=self.mesh,
+                  tower_axis=self.tower_axis, name=name, **kw)
+
+    def dense(features, *, name, bias):
+      return nn.Dense(features, kernel_init=init(name), dtype=self.dtype,
+                      param_dtype=self.param_dtype,
+                      bias_init=nn.initializers.constant(bias), name=name)
+
     split, whole = (functools.partial(tower_maps, mesh=self.mesh, axis=self.tower_axis,
                                       split=s) for s in (True, False))
-    dense = functools.partial(nn.Dense, kernel_init=init, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
     lrn = functools.partial(
         local_response_norm, depth_radius=self.lrn_depth_radius,
         bias=self.lrn_bias, alpha=self.lrn_alpha, beta=self.lrn_beta,
@@ -350,28 +415,29 @@ class AlexNet(nn.Module):
     pool = functools.partial(max_pool, window=self.pool_window, stride=self.pool_stride,
                              impl=self.pool_impl)
     c1, c2, c3, c4, c5 = self.conv_features
-    # Section 5: biases 1 in conv2, conv4, conv5, fc6, fc7 (speeds early
-    # learning by giving the ReLUs positive inputs); 0 elsewhere.
+    # Section 5: biases b = bias_init (the paper: 1) in conv2, conv4, conv5,
+    # fc6, fc7 (speeds early learning by giving the ReLUs positive inputs); 0
+    # elsewhere.
     # conv1 is not grouped: each tower computes its half of the 96 kernels on
     # the whole image, which is one 96-kernel convolution.
     x = conv(c1, 11, strides=4, padding=self._conv1_padding(), name='conv1')(x)  # (B, 55, 55, 96)
-    x = act(x)
+    x = act(x, 'conv1')
     if self.lrn:
       x = lrn(x)
     x = pool(x)                                                      # (B, 27, 27, 96)
     self.sow('intermediates', 'pool1', x)  # For summaries; a no-op unless mutable.
-    x = act(conv(c2, 5, padding=2, groups=g, bias_value=1.0, name='conv2')(x))  # (B, 27, 27, 256)
+    x = act(conv(c2, 5, padding=2, groups=g, bias_value=b, name='conv2')(x), 'conv2')  # (B, 27, 27, 256)
     if self.lrn:
       x = lrn(x)
     x = pool(x)                                                      # (B, 13, 13, 256)
     self.sow('intermediates', 'pool2', x)
     # conv3 crosses towers: sees all 256 maps (on a mesh, gathered by Conv).
     if self.remove_conv != 3:
-      x = act(conv(c3, 3, padding=1, bias_value=0.0, name='conv3')(x))  # (B, 13, 13, 384)
+      x = act(conv(c3, 3, padding=1, bias_value=0.0, name='conv3')(x), 'conv3')  # (B, 13, 13, 384)
     if self.remove_conv != 4:
-      x = act(conv(c4, 3, padding=1, groups=g, bias_value=1.0, name='conv4')(x))  # (B, 13, 13, 384)
+      x = act(conv(c4, 3, padding=1, groups=g, bias_value=b, name='conv4')(x), 'conv4')  # (B, 13, 13, 384)
     if self.remove_conv != 5:
-      x = act(conv(c5, 3, padding=1, groups=g, bias_value=1.0, name='conv5')(x))  # (B, 13, 13, 256)
+      x = act(conv(c5, 3, padding=1, groups=g, bias_value=b, name='conv5')(x), 'conv5')  # (B, 13, 13, 256)
     x = pool(x)                                                      # (B, 6, 6, 256)
     self.sow('intermediates', 'pool5', x)
     # Flatten in NHWC (h, w, c) order; importing NCHW weights (Caffe, PyTorch)
@@ -379,15 +445,15 @@ class AlexNet(nn.Module):
     # On a mesh, `whole` gathers both towers' maps (fc6 and fc7 read all units of
     # the layer below) and `split` keeps each tower's 2048 units on its device.
     x = whole(x).reshape(x.shape[0], -1)                             # (B, 9216)
-    fc6 = dense(self.fc_features, bias_init=nn.initializers.ones, name='fc6')
-    x = act(split(fc6(x)))                                           # (B, 4096)
+    fc6 = dense(self.fc_features, bias=b, name='fc6')
+    x = act(split(fc6(x)), 'fc6')                                    # (B, 4096)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    fc7 = dense(self.fc_features, bias_init=nn.initializers.ones, name='fc7')
-    x = act(split(fc7(whole(x))))                                    # (B, 4096)
+    fc7 = dense(self.fc_features, bias=b, name='fc7')
+    x = act(split(fc7(whole(x))), 'fc7')                             # (B, 4096)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     # fc8 reads both towers' fc7 units: on a mesh each device sums over its own
     # units (its rows of the kernel) and the partial logits are summed.
-    x = whole(dense(self.num_classes, bias_init=nn.initializers.zeros, name='fc8')(x))  # (B, 1000)
+    x = whole(dense(self.num_classes, bias=0.0, name='fc8')(x))      # (B, 1000)
     return x.astype(jnp.float32)
 
 
@@ -428,19 +494,20 @@ class TorchvisionAlexNet(nn.Module):
     dense = functools.partial(nn.Dense, kernel_init=paper_init, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
-    x = pool(nn.relu(conv(64, 11, strides=4, padding=2, name='conv1')(x)))   # (B, 27, 27, 64)
+    relu = lambda x, name: sow_firing(self, name, nn.relu(x))
+    x = pool(relu(conv(64, 11, strides=4, padding=2, name='conv1')(x), 'conv1'))  # (B, 27, 27, 64)
     self.sow('intermediates', 'pool1', x)  # For summaries; a no-op unless mutable.
-    x = pool(nn.relu(conv(192, 5, padding=2, name='conv2')(x)))              # (B, 13, 13, 192)
+    x = pool(relu(conv(192, 5, padding=2, name='conv2')(x), 'conv2'))        # (B, 13, 13, 192)
     self.sow('intermediates', 'pool2', x)
-    x = nn.relu(conv(384, 3, padding=1, name='conv3')(x))                    # (B, 13, 13, 384)
-    x = nn.relu(conv(256, 3, padding=1, name='conv4')(x))                    # (B, 13, 13, 256)
-    x = pool(nn.relu(conv(256, 3, padding=1, name='conv5')(x)))              # (B, 6, 6, 256)
+    x = relu(conv(384, 3, padding=1, name='conv3')(x), 'conv3')              # (B, 13, 13, 384)
+    x = relu(conv(256, 3, padding=1, name='conv4')(x), 'conv4')              # (B, 13, 13, 256)
+    x = pool(relu(conv(256, 3, padding=1, name='conv5')(x), 'conv5'))        # (B, 6, 6, 256)
     self.sow('intermediates', 'pool5', x)
     x = adaptive_avg_pool(x, 6).reshape(x.shape[0], -1)                      # (B, 9216)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(dense(4096, name='fc6')(x))
+    x = relu(dense(4096, name='fc6')(x), 'fc6')
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(dense(4096, name='fc7')(x))
+    x = relu(dense(4096, name='fc7')(x), 'fc7')
     x = dense(self.num_classes, name='fc8')(x)
     return x.astype(jnp.float32)
 
@@ -479,20 +546,20 @@ class Figure1Net(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train  # No dropout: figure 1 uses no regularization.
-    act = _activation(self.activation)
+    act = lambda x, name: sow_firing(self, name, _activation(self.activation)(x))
     normal = nn.initializers.normal
     conv = functools.partial(Conv, kernel_size=5, padding=2, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     pool_kw = dict(window_shape=(3, 3), strides=(2, 2), padding=((0, 1), (0, 1)))
-    x = nn.max_pool(act(conv(32, kernel_init=normal(1e-4), name='conv1')(x)), **pool_kw)  # (B, 16, 16, 32)
+    x = nn.max_pool(act(conv(32, kernel_init=normal(1e-4), name='conv1')(x), 'conv1'), **pool_kw)  # (B, 16, 16, 32)
     self.sow('intermediates', 'pool1', x)  # For summaries; a no-op unless mutable.
-    x = nn.avg_pool(act(conv(32, kernel_init=normal(1e-2), name='conv2')(x)), **pool_kw)  # (B, 8, 8, 32)
+    x = nn.avg_pool(act(conv(32, kernel_init=normal(1e-2), name='conv2')(x), 'conv2'), **pool_kw)  # (B, 8, 8, 32)
     self.sow('intermediates', 'pool2', x)
-    x = nn.avg_pool(act(conv(64, kernel_init=normal(1e-2), name='conv3')(x)), **pool_kw)  # (B, 4, 4, 64)
+    x = nn.avg_pool(act(conv(64, kernel_init=normal(1e-2), name='conv3')(x), 'conv3'), **pool_kw)  # (B, 4, 4, 64)
     self.sow('intermediates', 'pool3', x)
     x = x.reshape(x.shape[0], -1)                                                     # (B, 1024)
-    x = act(dense(64, kernel_init=normal(0.1), name='fc4')(x))                        # (B, 64)
+    x = act(dense(64, kernel_init=normal(0.1), name='fc4')(x), 'fc4')                 # (B, 64)
     x = dense(self.num_classes, kernel_init=normal(0.1), name='fc5')(x)               # (B, 10)
     return x.astype(jnp.float32)
 
@@ -539,7 +606,11 @@ def resolve_model_kwargs(name: str, kwargs: dict) -> dict:
   paper = _recipe_model()
 
   norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
-  is_paper = lambda k, v: k in paper and norm(v) == norm(paper[k])
+  # The recipe's value, or the paper's letter where the recipe deviates from it
+  # (AlexNet's field default, e.g. bias_init=1.0; issue 17).
+  letter = {k: f.default for k, f in AlexNet.__dataclass_fields__.items()}
+  is_paper = lambda k, v: k in paper and (norm(v) == norm(paper[k])
+                                          or norm(v) == norm(letter.get(k, paper[k])))
   out, conflicts, unknown = {}, [], []
   for k, v in kwargs.items():
     if k in fixed and norm(v) != norm(fixed[k]):
@@ -573,6 +644,8 @@ def create_model(model_config) -> nn.Module:
   kwargs = dict(model_config)
   name = kwargs.pop('name', 'alexnet')
   kwargs = resolve_model_kwargs(name, kwargs)
+  if 'init_std' in kwargs:
+    layer_stds(kwargs['init_std'])  # Refused here, before any parameter is drawn.
   if isinstance(kwargs.get('dtype'), str):
     kwargs['dtype'] = _DTYPES[kwargs['dtype']]
   if isinstance(kwargs.get('param_dtype'), str):

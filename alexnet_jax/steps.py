@@ -83,11 +83,12 @@ def train_step(state: TrainState, batch: dict, stats: Optional[augment.Stats] = 
             else augment.train_images(batch, stats, pixel_scale))  # (B, S, S, 3)
 
   def loss_fn(params):
-    logits = model.apply({'params': params}, images, train=True,
-                         rngs={'dropout': dropout_rng})
-    return cross_entropy(logits, batch['label']).mean(), logits
+    # 'health': each ReLU layer's firing fraction, from this same forward pass.
+    logits, health = model.apply({'params': params}, images, train=True,
+                                 rngs={'dropout': dropout_rng}, mutable=['health'])
+    return cross_entropy(logits, batch['label']).mean(), (logits, health)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, health)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   lr = optimizer_lib.current_learning_rate(opt_state)  # The eps this update used.
   params = optax.apply_updates(state.params, updates)
@@ -97,6 +98,7 @@ def train_step(state: TrainState, batch: dict, stats: Optional[augment.Stats] = 
       'learning_rate': lr,
       'l2_grads': optax.global_norm(grads), 'l2_params': optax.global_norm(params),
       'l2_updates': optax.global_norm(updates),
+      **models.firing_metrics(health),   # firing_conv1 ... firing_fc7
   }
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

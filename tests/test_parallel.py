@@ -234,15 +234,20 @@ def test_one_tower_model_parallel_gathers_before_every_conv():
 
 
 def test_data_parallel_step_reduces_only_gradients_and_scalars():
-  """Mesh (8, 1): an all-reduce of the parameter gradients, scalars, and the
-  logits gathered for the top-k error metric."""
+  """Mesh (8, 1): an all-reduce of the parameter gradients, scalars, the
+  logits gathered for the top-k error metric and the firing units' bits."""
   found = _compiled_collectives((8, 1), 2, False)
   assert all(op == 'all-reduce' for op, s, _ in found if s == ()), found
   big = [(op, s, name) for op, s, name in found if s != ()]
   metric = [(op, s) for op, s, name in big if 'top_k' in name]
   assert metric == [('all-gather', (B, 10))], big
+  # The health metrics (models.firing_fraction): one bit per unit of each ReLU
+  # layer, conv1..conv5 then fc6 and fc7 of the narrow model.
+  health = sorted(s for op, s, name in big if 'reduce_or' in name)
+  assert health == sorted([(8,), (16,), (24,), (24,), (16,), (32,), (32,)]), big
   # Every gradient element once ('split' grouped convs reduce each half apart).
-  reduced = sum(math.prod(s) for op, s, name in big if op == 'all-reduce')
+  reduced = sum(math.prod(s) for op, s, name in big
+                if op == 'all-reduce' and 'reduce_or' not in name)
   params = sum(np.size(p) for p in jax.tree.leaves(_setup(2, False)[3].params))
   assert reduced == params, big
   assert {op for op, _, _ in big} == {'all-reduce', 'all-gather'}, big
