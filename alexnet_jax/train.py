@@ -58,6 +58,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @cli.user_error
+class DeadNetworkError(RuntimeError):
+  """A ReLU layer had no firing unit through a whole logging window."""
+
+
+@cli.user_error
 class EvaluationError(RuntimeError):
   """Evaluation failed; the checkpoint of its step is saved."""
 
@@ -324,21 +329,59 @@ class Loop:
   progress: Progress
 
 
-def step_metrics(history: list, first_step: int) -> list[dict]:
+def _recent_losses(rows: list, first_step: int, before: int, n: int = 5) -> str:
+  """'step 12: 2.31, step 13: 2.35, ...': the last `n` losses before step `before`."""
+  shown = [(first_step + i, r['loss']) for i, r in enumerate(rows)
+           if first_step + i < before][-n:]
+  return ', '.join(f'step {s}: {v:.4g}' for s, v in shown) or 'none logged yet'
+
+
+def step_metrics(history: list, first_step: int, logged: tuple = ()) -> list[dict]:
   """Per-step train metrics as floats; raises NonFiniteLossError if a loss or
-  the parameters after an update are not finite (before anything is saved)."""
+  the parameters after an update are not finite (before anything is saved).
+  `logged`: (first step, rows) of the window so far, quoted in that message so
+  that a spike (instability) can be told from a loss that rose steadily."""
   rows = [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
   for i, m in enumerate(rows):
     if not (math.isfinite(m['loss']) and math.isfinite(m['l2_params'])):
       what = f'loss {m["loss"]}' if not math.isfinite(m['loss']) else 'parameters'
+      start, earlier = logged or (first_step, [])
+      recent = _recent_losses(list(earlier) + rows, start, first_step + i)
       error = NonFiniteLossError(
-          f'Non-finite training {what} at step {first_step + i}; no checkpoint holds this '
-          'state or the one it came from. Lower config.optimizer.learning_rate or check '
-          'the input data, then rerun (the same workdir resumes from the last finite '
-          'checkpoint; if that diverges again, use a new --workdir).')
+          f'Non-finite training {what} at step {first_step + i} (losses before it: '
+          f'{recent}); no checkpoint holds this state or the one it came from. A sudden '
+          'jump is instability (lower config.optimizer.learning_rate or add '
+          'config.schedule.warmup_epochs); otherwise check the input data. Then rerun '
+          '(the same workdir resumes from the last finite checkpoint; if that diverges '
+          'again, use a new --workdir).')
       error.step = first_step + i
       raise error
   return rows
+
+
+def dead_layers(window: list) -> list[str]:
+  """ReLU layers with no firing unit on any step of `window` (per-step metrics)."""
+  keys = sorted(k for k in window[0] if k.startswith('firing_')) if window else []
+  return [k[len('firing_'):] for k in keys if max(m[k] for m in window) <= 0.0]
+
+
+def check_alive(run: Run, step: int, window: list) -> None:
+  """Stops the run (DeadNetworkError) when a layer was dead through the window."""
+  dead = dead_layers(window)
+  if not dead:
+    return
+  message = (
+      f'{", ".join(dead)}: no unit fired on any of the {len(window)} steps up to step '
+      f'{step}: the ReLUs pass no gradient, so this run cannot learn (issue 17; '
+      'docs/init_stability.md). Fixes: smaller non-zero biases (--config.model.bias_init=0.1, '
+      'Caffe\'s), a learning-rate warmup (--config.schedule.warmup_epochs=...), or a lower '
+      '--config.optimizer.learning_rate; then rerun (this run\'s checkpoints are put '
+      'aside in checkpoints-dead/, so the rerun starts fresh). '
+      '--config.health.stop_on_dead_layer=False logs this and goes on.')
+  if not run.config.health.stop_on_dead_layer:
+    logging.warning('%s', message)
+    return
+  raise DeadNetworkError(message)
 
 
 def _format_eta(seconds: float) -> str:
@@ -355,11 +398,15 @@ def log_train(run: Run, step: int, window: list, rate: float, writer) -> dict:
   writer.write_scalars(step, metrics)
   n, spe = run.num_steps, run.steps_per_epoch
   eta = (n - step) * run.config.batch_size / max(rate, 1e-9)
+  firing = {k[len('train_firing_'):]: v for k, v in metrics.items()
+            if k.startswith('train_firing_')}
+  lowest = (' | firing min %.0f%% (%s)' % (100 * min(firing.values()),
+                                           min(firing, key=firing.get)) if firing else '')
   logging.info(
       'step %d/%d (epoch %.2f, %.1f%%) | loss %.4f | top-1 err %.1f%% | top-5 err %.1f%% '
-      '| lr %.2g | %.0f img/s | ETA %s', step, n, step / spe, 100 * step / n,
+      '| lr %.2g%s | %.0f img/s | ETA %s', step, n, step / spe, 100 * step / n,
       metrics['train_loss'], 100 * metrics['train_top1_error'],
-      100 * metrics['train_top5_error'], metrics['train_learning_rate'], rate,
+      100 * metrics['train_top5_error'], metrics['train_learning_rate'], lowest, rate,
       _format_eta(eta))
   return metrics
 
@@ -408,9 +455,12 @@ def train_loop(run: Run, state: TrainState, loop: Loop) -> tuple[TrainState, dic
       # Evaluation steps are saved first, so a failed or killed evaluation loses nothing.
       is_save = is_eval or stop or ckpt.should_save(step)  # is_eval: also the last step
       if is_log or is_save:  # Checks finiteness before anything is saved.
-        progress.window += step_metrics(history, step - len(history) + 1)
+        progress.window += step_metrics(
+            history, step - len(history) + 1,
+            (step - len(history) - len(progress.window) + 1, progress.window))
         history = []
       if is_log:
+        check_alive(run, step, progress.window)  # Before this step is saved.
         rate = since_log * config.batch_size / max(time.time() - t_log, 1e-9)
         progress.train_metrics = log_train(run, step, progress.window, rate, loop.writer)
         progress.window, since_log = [], 0
@@ -506,6 +556,8 @@ def _train_locked(run: Run, workdir: epath.Path, lock, t_start: float) -> TrainS
       writer.flush()
     if isinstance(e, NonFiniteLossError):  # The state before the bad step led to it.
       ckpt.put_aside_from(e.step - 1, 'diverged')
+    if isinstance(e, DeadNetworkError):  # The rerun with a fix starts fresh.
+      ckpt.put_aside_from(0, 'dead')
     raise
   if is_main:
     (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))

@@ -178,6 +178,14 @@ def get_config(arg=None):
   config.keep_checkpoints = 3            # plus the best by validation top-1 error
   config.async_checkpoints = True
 
+  # ------------------------------------------ training health (issue 17)
+  # Each ReLU layer's fraction of firing units is logged at every log step
+  # (train_firing_conv1 ... train_firing_fc7). A layer with no unit firing on
+  # any step of a whole logging window passes no gradient and cannot recover:
+  # the run stops (exit 1) naming it, and its checkpoints are put aside.
+  config.health = ml_collections.ConfigDict()
+  config.health.stop_on_dead_layer = True  # False: log the warning and go on
+
   # ------------------------------------------------------- parallelism
   config.mesh = (-1, 1)                  # (data, model); model=2 puts one tower per device
 
