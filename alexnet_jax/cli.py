@@ -165,6 +165,22 @@ def base_config(argv: Sequence[str], default_config: str):
     return None
 
 
+def _config_arg_problem(value: str) -> Optional[str]:
+  """`path:arg` whose get_config(arg) refuses arg (ValueError), in one line."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = value.partition(':')
+  try:
+    spec = importlib.util.spec_from_file_location('_config_under_check', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.get_config(arg or None)
+  except ValueError as e:
+    return f'--config={value}: {e}'
+  except Exception:  # pylint: disable=broad-except
+    return None  # the flag parser says why
+  return None
+
+
 def config_flag_problems(argv: Sequence[str], default_config: Optional[str]) -> list[str]:
   """A --config file that does not exist, or --config.KEY overrides it lacks
   (`unknown_keys`)."""
@@ -174,6 +190,10 @@ def config_flag_problems(argv: Sequence[str], default_config: Optional[str]) -> 
     return [f'--config={value}: no such file. The configs are '
             f'{", ".join(os.path.join(os.path.basename(here), f) for f in sorted(os.listdir(here)) if f.endswith(".py") and not f.startswith("_"))} '
             '(path[:arg], relative to the current directory).']
+  if value is not None and ':' in value:  # an argument the config does not take
+    problem = _config_arg_problem(value)
+    if problem:
+      return [problem]
   keys = override_keys(argv)
   config = base_config(argv, default_config) if keys else None
   return [] if config is None else unknown_keys(keys, config)

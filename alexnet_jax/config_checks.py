@@ -13,6 +13,7 @@ import difflib
 import math
 import numbers
 import os
+import tempfile
 from typing import Any, Optional, Sequence
 
 from alexnet_jax import cli
@@ -282,6 +283,13 @@ def workdir_problems(workdir: Optional[str]) -> list[str]:
     what = 'is' if existing == path else f'would be created in {existing}, which is'
     return [f'--workdir={workdir} {what} not writable by this user; pass a '
             'directory you can write to.']
+  try:  # Permissions are not everything (/proc, a read-only mount): try it.
+    with tempfile.NamedTemporaryFile(dir=existing, prefix='.alexnet_jax-write-check-'):
+      pass
+  except OSError as e:
+    return [f'--workdir={workdir} cannot be created or written in {existing} '
+            f'({os.strerror(e.errno) if e.errno else e}); pass a directory on a '
+            'writable file system, e.g. --workdir=/tmp/alexnet.']
   return []
 
 

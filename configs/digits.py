@@ -29,6 +29,9 @@ from configs import ilsvrc
 
 
 def get_config(arg=None):
+  if arg not in (None, '', 'runlocal'):
+    raise ValueError(f'configs/digits.py takes no argument {arg!r}; its one argument is '
+                     "'runlocal' (one epoch).")
   config = ilsvrc.get_config()
   config.dataset.source = 'digits'
   config.dataset.name = 'digits'

@@ -45,6 +45,9 @@ import ml_collections
 
 def get_config(arg=None):
   """Returns the paper's config. `arg='runlocal'` shrinks it for a smoke run."""
+  if arg not in (None, '', 'runlocal'):
+    raise ValueError(f'configs/ilsvrc.py takes no argument {arg!r}; its one argument is '
+                     "'runlocal' (configs/ilsvrc.py:runlocal, a smoke run).")
   config = ml_collections.ConfigDict()
   config.seed = 0
 

@@ -255,3 +255,25 @@ def test_main_console_one_line_per_event_and_multicrop_names(tmp_path):
   assert final['eval_multicrop_crops'] == 5
   assert 0 <= final['eval_multicrop_top1_error'] <= 1
   assert not any(k.startswith('eval10') for k in final)
+
+
+@pytest.mark.parametrize('args, want', [
+    (['--config=configs/ilsvrc.py:runlocl'], "configs/ilsvrc.py takes no argument 'runlocl'"),
+    (['--config=configs/cifar10.py:tanhh'], "configs/cifar10.py takes relu, tanh and digits"),
+    (['--config.batch_size=abc'], '--config.batch_size'),
+])
+def test_main_refuses_a_config_argument_or_value_in_one_line(tmp_path, args, want):
+  """Issue 20: an unknown config argument (a typo would launch the full recipe)
+  or an unparsable value: one ERROR line, status 2, nothing written."""
+  out = _main(f'--workdir={tmp_path / "w"}', *args)
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.startswith('ERROR: ') and want in out.stderr, out.stderr
+  assert out.stderr.count('\n') == 1 and 'Traceback' not in out.stderr, out.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_main_refuses_a_workdir_that_cannot_be_created(tmp_path):
+  out = _main('--workdir=/proc/alexnet_w', '--config.num_train_steps=1')
+  assert out.returncode == 2, out.stderr
+  assert 'cannot be created or written in /proc' in out.stderr and 'Traceback' not in out.stderr
+  assert not os.path.exists('/proc/alexnet_w')
