@@ -359,20 +359,24 @@ def step_metrics(history: list, first_step: int, logged: tuple = ()) -> list[dic
   return rows
 
 
-def dead_layers(window: list) -> list[str]:
-  """ReLU layers with no firing unit on any step of `window` (per-step metrics)."""
+def dead_layers(window: list, min_firing: float = 0.0) -> list[str]:
+  """ReLU layers that were dead on every step of `window` (per-step metrics): no
+  unit fired, or fewer than the fraction `min_firing` of its units."""
   keys = sorted(k for k in window[0] if k.startswith('firing_')) if window else []
-  return [k[len('firing_'):] for k in keys if max(m[k] for m in window) <= 0.0]
+  peak = {k: max(m[k] for m in window) for k in keys}
+  return [k[len('firing_'):] for k in keys if peak[k] <= 0.0 or peak[k] < min_firing]
 
 
 def check_alive(run: Run, step: int, window: list) -> None:
   """Stops the run (DeadNetworkError) when a layer was dead through the window."""
-  dead = dead_layers(window)
+  min_firing = run.config.health.min_firing
+  dead = dead_layers(window, min_firing)
   if not dead:
     return
   message = (
-      f'{", ".join(dead)}: no unit fired on any of the {len(window)} steps up to step '
-      f'{step}: the ReLUs pass no gradient, so this run cannot learn (issue 17; '
+      f'{", ".join(dead)}: fewer than {100 * min_firing:g}% of the units fired on each of '
+      f'the {len(window)} steps up to step {step}: the ReLUs pass (almost) no gradient, so '
+      'this run cannot learn (issue 17; '
       'docs/init_stability.md). Fixes: smaller non-zero biases (--config.model.bias_init=0.1, '
       'Caffe\'s), a learning-rate warmup (--config.schedule.warmup_epochs=...), or a lower '
       '--config.optimizer.learning_rate; then rerun (this run\'s checkpoints are put '

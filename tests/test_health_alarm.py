@@ -22,8 +22,11 @@ def test_dead_layers_of_a_window():
   window = [{'loss': 2.3, 'firing_conv1': 0.5, 'firing_fc7': 0.0},
             {'loss': 2.3, 'firing_conv1': 0.4, 'firing_fc7': 0.0}]
   assert train.dead_layers(window) == ['fc7']
-  window[1]['firing_fc7'] = 0.01  # one firing unit on one step: alive
+  window[1]['firing_fc7'] = 0.005  # a unit or two on one step: alive by the letter ...
   assert train.dead_layers(window) == []
+  assert train.dead_layers(window, min_firing=0.01) == ['fc7']  # ... dead in effect
+  window[0]['firing_fc7'] = 0.02  # above the threshold on one step of the window
+  assert train.dead_layers(window, min_firing=0.01) == []
 
 
 def test_alarm_stops_a_dead_network_within_one_window(tmp_path):
