@@ -29,7 +29,9 @@ import logging as pylogging
 import os
 import re
 import tempfile
+import threading
 import time
+import traceback
 from typing import Any, Optional
 
 import jax
@@ -224,23 +226,38 @@ class ErrorLog(pylogging.Filter):
       self.errno = write_errno(record.exc_info[1])
     text = pylogging.Formatter('%(asctime)s %(levelname)s %(pathname)s:%(lineno)d] '
                                '%(message)s').format(record)
+    return not self.note(text)  # Nowhere to write it: the console keeps it.
+
+  def note(self, text: str) -> bool:
+    """Appends `text` to the log (the workdir's, else the temporary directory's);
+    whether it was written."""
     for path in ([self.path] if self.path else []) + [
         os.path.join(tempfile.gettempdir(), f'alexnet_jax-errors-{os.getpid()}.log')]:
       try:
         with open(path, 'a') as f:
           f.write(text + '\n')
         self.path, self.written = path, True
-        return False
+        return True
       except OSError:
         continue  # e.g. the workdir is read-only: the temporary directory.
-    return True  # Nowhere to write it: the console keeps it.
+    return False
+
+  def _thread_error(self, args) -> None:
+    """Uncaught errors of orbax's and tensorstore's threads (e.g. asyncio's
+    "Event loop is closed" after a failed write) go to the log too."""
+    text = ''.join(traceback.format_exception(args.exc_type, args.exc_value,
+                                              args.exc_traceback))
+    if not self.note(f'Uncaught error in thread {getattr(args.thread, "name", "?")}:\n{text}'):
+      self._previous_hook(args)
 
   def __enter__(self):
     logging.get_absl_logger().addFilter(self)
+    self._previous_hook, threading.excepthook = threading.excepthook, self._thread_error
     return self
 
   def __exit__(self, *exc):
     logging.get_absl_logger().removeFilter(self)
+    threading.excepthook = self._previous_hook
 
 
 def _first_line(error: BaseException) -> str:
@@ -400,6 +417,9 @@ class Checkpointer:
         f'Fix the cause given in the {"details" if self._errors.written else "log above"}'))
     if code in (errno.ENOSPC, errno.EDQUOT):
       fix = f'A checkpoint needs about {need:,} bytes (the size of the previous one). {fix}'
+    if not self._errors.written:  # orbax's own record may still be on its way (async)
+      self._errors.note(f'Checkpoint write of step {step} failed (errno {code}):\n'
+                        + traceback.format_exc())
     details = f' Details: {self._errors.path}.' if self._errors.written else ''
     return CheckpointWriteError(
         code or errno.EIO,

@@ -307,7 +307,17 @@ def run(main: Callable[[Sequence[str]], Any], define_flags: Optional[Callable[[]
            'see --help).', USAGE_STATUS)
     if args is not None and not optional_args and len(argv) < 2:
       fail(f'Give {args}; see --help.', USAGE_STATUS)
-    status = guarded(main)(argv)
+    try:
+      status = guarded(main)(argv)
+    except SystemExit as e:
+      if e.code in (None, 0):
+        raise
+      # A run that stopped on an error or a signal has closed its checkpoints and
+      # said why; exit now, so that libraries' threads dying with the interpreter
+      # (orbax, tensorstore: "Event loop is closed") print no traceback after it.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(e.code if isinstance(e.code, int) else ERROR_STATUS)  # pylint: disable=protected-access
     sys.exit(status if isinstance(status, int) else 0)
 
   app.run(checked_main, flags_parser=_parse_flags)
