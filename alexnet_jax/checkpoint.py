@@ -191,21 +191,6 @@ def write_errno(exc: Optional[BaseException]) -> Optional[int]:
   return None
 
 
-def writable_problem(path: str) -> Optional[str]:
-  """None if a file can be created in directory `path` (or in its nearest
-  existing parent, which would hold it), else one line naming the cause and fix."""
-  directory = os.path.abspath(path)
-  while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
-    directory = os.path.dirname(directory)
-  try:
-    with tempfile.NamedTemporaryFile(dir=directory, prefix='.alexnet_jax-write-check-'):
-      return None
-  except OSError as e:
-    cause, fix = WRITE_ERRORS.get(e.errno, (e.strerror or str(e), 'Use another --workdir'))
-    return (f'{path} cannot be written: {cause} ([Errno {e.errno}] {os.strerror(e.errno)} '
-            f'in {directory}). {fix}.')
-
-
 class ErrorLog(pylogging.Filter):
   """While a Checkpointer is open: orbax's ERROR records (the tracebacks of a
   failed write, logged from its threads) go to WORKDIR/errors.log instead of

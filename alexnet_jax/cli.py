@@ -33,8 +33,8 @@ from ml_collections import config_flags
 ERROR_STATUS = 1   # a user's error found while running (missing data, a bad checkpoint)
 USAGE_STATUS = 2   # the command line or the config cannot run; nothing was done
 # What a user causes and can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               PermissionError, ValueError, OSError)
+# OSError covers FileNotFoundError, NotADirectoryError, PermissionError, a full disk.
+USER_ERRORS = (OSError, ValueError)
 
 
 class QuietLibraries(logging.logging.Filter):
@@ -151,8 +151,6 @@ def config_arg(argv: Sequence[str]) -> Optional[str]:
 def base_config(argv: Sequence[str], default_config: str):
   """The config of argv's --config file (default_config without one), without
   its overrides; None if it does not load (the flag parser then says why)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   value = config_arg(argv)
   args = ['main'] + ([f'--config={value}'] if value is not None else [])
   fv = flags.FlagValues()
@@ -197,7 +195,6 @@ def config_flag_problems(argv: Sequence[str], default_config: Optional[str]) -> 
   keys = override_keys(argv)
   config = base_config(argv, default_config) if keys else None
   return [] if config is None else unknown_keys(keys, config)
-
 
 
 def fail(message: str, status: int = ERROR_STATUS) -> None:

@@ -14,6 +14,7 @@ import pytest
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import config_checks
 from tests.test_faults import FLAGS, ROOT
 
 STATE = {'w': jnp.arange(12.0).reshape(3, 4), 'b': jnp.ones(4)}
@@ -80,10 +81,11 @@ def test_tensorstore_errors_are_read_for_their_errno(tmp_path, monkeypatch):
 
 
 def test_writable_problem():
-  assert ckpt_lib.writable_problem(ROOT) is None
-  assert ckpt_lib.writable_problem(os.path.join(ROOT, 'not', 'yet')) is None
+  """The up-front workdir check (config_checks.workdir_problems, the one probe)."""
+  assert config_checks.workdir_problems(ROOT) == []
+  assert config_checks.workdir_problems(os.path.join(ROOT, 'not', 'yet')) == []
   if os.path.isdir('/proc/1'):  # procfs refuses new files: EACCES/ENOENT-like errors
-    assert ckpt_lib.writable_problem('/proc/1') is not None
+    assert config_checks.workdir_problems('/proc/1') != []
 
 
 @pytest.mark.slow
