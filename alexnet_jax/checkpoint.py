@@ -28,6 +28,7 @@ import json
 import logging as pylogging
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -207,11 +208,12 @@ class ErrorLog(pylogging.Filter):
   def filter(self, record: pylogging.LogRecord) -> bool:
     if record.levelno < pylogging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
       return True
-    if self.errno is None and record.exc_info:
-      self.errno = write_errno(record.exc_info[1])
     text = pylogging.Formatter('%(asctime)s %(levelname)s %(pathname)s:%(lineno)d] '
                                '%(message)s').format(record)
-    return not self.note(text)  # Nowhere to write it: the console keeps it.
+    kept = self.note(text)  # Written before errno is set: a reader of errno finds it there.
+    if self.errno is None and record.exc_info:
+      self.errno = write_errno(record.exc_info[1])
+    return not kept  # Nowhere to write it: the console keeps it.
 
   def note(self, text: str) -> bool:
     """Appends `text` to the log (the workdir's, else the temporary directory's);
@@ -375,7 +377,7 @@ class Checkpointer:
       code = write_errno(e)
       if code is None:
         raise
-      raise self._write_error(manager, step, code) from None
+      raise self._write_error(manager, step, code, e) from None
 
   def _remove_partial(self, manager) -> None:
     """Removes temporary (uncommitted) step directories; the other writes of a
@@ -388,9 +390,10 @@ class Checkpointer:
       except OSError:
         time.sleep(0.2)
 
-  def _write_error(self, manager, step, code: Optional[int]) -> CheckpointWriteError:
-    """The error of a failed write of `step` (errno `code`, None if unknown),
-    after removing its partial directory."""
+  def _write_error(self, manager, step, code: Optional[int],
+                   error: Optional[BaseException] = None) -> CheckpointWriteError:
+    """The error of a failed write of `step` (errno `code`, None if unknown;
+    `error` the exception that said so), after removing its partial directory."""
     self._in_flight.pop(manager, None)
     self._failed.add(manager)
     self._remove_partial(manager)
@@ -402,9 +405,10 @@ class Checkpointer:
         f'Fix the cause given in the {"details" if self._errors.written else "log above"}'))
     if code in (errno.ENOSPC, errno.EDQUOT):
       fix = f'A checkpoint needs about {need:,} bytes (the size of the previous one). {fix}'
-    if not self._errors.written:  # orbax's own record may still be on its way (async)
+    error = error or sys.exc_info()[1]
+    if not self._errors.written and error is not None:  # orbax's record may be on its way
       self._errors.note(f'Checkpoint write of step {step} failed (errno {code}):\n'
-                        + traceback.format_exc())
+                        + ''.join(traceback.format_exception(error)))
     details = f' Details: {self._errors.path}.' if self._errors.written else ''
     return CheckpointWriteError(
         code or errno.EIO,
@@ -429,12 +433,12 @@ class Checkpointer:
         continue
       del self._in_flight[manager]
       if not self._committed(manager, step):
-        code = None
+        code, error = None, None
         try:  # Its threads raise or log why (self._errors reads the log) once joined.
           manager.wait_until_finished()
         except Exception as e:  # pylint: disable=broad-except
-          code = write_errno(e)
-        raise self._write_error(manager, step, code or self._errors.errno)
+          code, error = write_errno(e), e
+        raise self._write_error(manager, step, code or self._errors.errno, error)
 
   def _save(self, manager, step, state, description, progress, **kw) -> bool:
     if step in manager.all_steps():   # Saved before a kill, or just now: same step, same state.
