@@ -1,13 +1,23 @@
 """Test setup: 8 fake CPU devices (for sharding tests), quiet TensorFlow, no GPU."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 # Must precede the first `import jax` anywhere in the test session.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent compilation cache for the whole session: the xdist workers and
+# every subprocess they start inherit it, so the tiny config's steps, which most
+# tests share, compile once instead of once per run (the suite's largest cost
+# after imports). Removed when the session ends (pytest_unconfigure).
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='alexnet_jax_test_jit_')
+  os.environ['ALEXNET_JAX_TEST_CACHE_OWNER'] = str(os.getpid())
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -50,3 +60,10 @@ def tiny_config(**overrides):
 def tiny_flags(**overrides) -> list:
   """TINY (and `overrides`) as main's --config.KEY=VALUE flags, on configs/digits.py."""
   return [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]
+
+
+def pytest_unconfigure(config):
+  """The process that made the session's compilation cache removes it."""
+  del config
+  if os.environ.get('ALEXNET_JAX_TEST_CACHE_OWNER') == str(os.getpid()):
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)

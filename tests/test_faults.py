@@ -17,7 +17,6 @@ import time
 
 import flax.linen as nn
 import jax
-from jax.experimental.compilation_cache import compilation_cache as cc
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -44,16 +43,10 @@ def cfg(**overrides):
 
 
 @pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Every run here compiles the same steps: compile once (a persistent cache
-  shared with the subprocesses), not once per run."""
-  path = str(tmp_path_factory.mktemp('jax_cache'))
-  old = jax.config.jax_compilation_cache_dir
-  cc.reset_cache()
-  jax.config.update('jax_compilation_cache_dir', path)
-  yield path
-  jax.config.update('jax_compilation_cache_dir', old)
-  cc.reset_cache()
+def compilation_cache():
+  """Every run here compiles the same steps: they compile once, into the
+  session's persistent cache (tests/conftest.py), which the subprocesses share."""
+  return jax.config.jax_compilation_cache_dir
 
 
 @pytest.fixture(scope='module')

@@ -106,7 +106,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
   out = tmp_path / 'out'
   proc = subprocess.Popen(
       [sys.executable, '-m', 'alexnet_jax.prepare', '--config=configs/digits.py',
-       '--config.input.resize_size=256', '--shard_size=400', '--workers=2',
+       '--config.input.resize_size=256', '--shard_size=800', '--workers=2',
        '--splits=train', f'--output_dir={out}'],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
