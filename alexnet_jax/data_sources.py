@@ -38,6 +38,11 @@ ORDER, AUGMENT = 0, 1
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
+class FolderClassError(ValueError):
+  """A folder dataset's class (a sub-folder of the train split) is missing or
+  holds no images in a split; names the folders (issue 18)."""
+
+
 class DatasetNotFoundError(FileNotFoundError):
   """The configured dataset is not prepared; the message says how to prepare it."""
 
@@ -369,12 +374,20 @@ def _folder_source(root: str, train_split: str, eval_split: str) -> Source:
     directory = _folder_dir(root, name)
     if not tf.io.gfile.isdir(directory):
       raise _folder_not_found(root, name)
-    paths, labels = [], []
+    paths, labels, problems = [], [], []
     for label, c in enumerate(classes):
-      if tf.io.gfile.isdir(os.path.join(directory, c)):
-        files = _list_images(os.path.join(directory, c))
-        paths += files
-        labels += [label] * len(files)
+      folder = os.path.join(directory, c)
+      files = _list_images(folder) if tf.io.gfile.isdir(folder) else []
+      if not files:
+        problems.append(f'{folder} ' + ('holds no image files' if tf.io.gfile.isdir(folder)
+                                         else f'is missing (class {c!r} of {train_dir})'))
+      paths += files
+      labels += [label] * len(files)
+    if problems:  # Such a class would be taken silently, with no examples.
+      more = f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''
+      raise FolderClassError(
+          f'{"; ".join(problems[:5])}{more}. Every class folder of the train split needs '
+          'images in each split: add them, or remove the class folder from every split.')
     unknown = set(c.rstrip('/') for c in tf.io.gfile.listdir(directory)) - set(classes)
     if any(tf.io.gfile.isdir(os.path.join(directory, c)) for c in unknown):
       raise ValueError(f'{directory} has classes {sorted(unknown)} that '

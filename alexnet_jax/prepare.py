@@ -234,29 +234,6 @@ class Progress:
              f'{self.shards} shards), {rate:,.0f} img/s, ETA {eta}')
 
 
-def folder_class_problems(config, splits: Sequence[str]) -> List[str]:
-  """A folder source's class folders that hold no images, in any of `splits`
-  (a class is the train split's sub-folder: each split needs it, with images),
-  else []. Such a class would be taken silently, with no examples."""
-  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
-  if data_sources.source_name(config) != 'folder':
-    return []
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  source = data_sources.for_config(config)
-  problems = []
-  for split in splits:
-    directory = data_sources._folder_dir(config.dataset.folder, split)  # pylint: disable=protected-access
-    if not tf.io.gfile.isdir(directory):  # a missing split: DatasetNotFoundError names it
-      continue
-    for c in source.class_names:
-      path = os.path.join(directory, c)
-      if not tf.io.gfile.isdir(path):
-        problems.append(f'{path} is missing (class {c!r} of the train split)')
-      elif not data_sources._list_images(path):  # pylint: disable=protected-access
-        problems.append(f'{path} holds no image files')
-  return problems
-
-
 def plan(config, splits: Sequence[str], settings: Settings) -> dict:
   """What prepare will write; raises DatasetNotFoundError / PrepareError first."""
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
@@ -266,13 +243,7 @@ def plan(config, splits: Sequence[str], settings: Settings) -> dict:
                        'config.dataset.prepared_dir / source.')
   settings.validate()
   source = data_sources.for_config(config)
-  problems = folder_class_problems(config, splits)
-  if problems:
-    raise PrepareError(
-        f'{"; ".join(problems[:5])}{f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""}. '
-        'Every class folder of the train split needs images in each split: add them, '
-        'or remove the class folder from every split.')
-  sizes = {}
+  sizes = {}  # A folder class without images raises data_sources.FolderClassError here.
   for name in splits:
     try:
       sizes[name] = source.split(name).size

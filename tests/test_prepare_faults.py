@@ -132,3 +132,17 @@ def test_workers_die_with_a_killed_parent(tmp_path):
   finally:
     if proc.poll() is None:
       proc.kill()
+
+
+def test_training_on_a_folder_refuses_an_empty_class_before_the_workdir(tmp_path):
+  """The same check guards training: the folder source itself refuses the
+  class (data_sources.FolderClassError), before the workdir is touched."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'images'
+  _write_folder(folder)
+  (folder / 'train' / 'emu').mkdir()
+  workdir = tmp_path / 'run'
+  with pytest.raises(data_sources.FolderClassError, match=str(folder / 'train' / 'emu')):
+    train.check_config(_config(folder), str(workdir))
+  assert not workdir.exists()
