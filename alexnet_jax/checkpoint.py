@@ -42,6 +42,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from alexnet_jax import parallel
+
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
@@ -331,7 +333,7 @@ class Checkpointer:
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
+        if step is not None or parallel.lost_host(e):  # A lost process is no corruption.
           raise
         self._put_aside(s, e)
         continue
@@ -481,6 +483,15 @@ class Checkpointer:
         if m in self._failed:  # Writes still in flight when the failure showed.
           self._remove_partial(m)
       self._errors.__exit__()
+
+
+def resume_point(workdir: str) -> str:
+  """Where a rerun in `workdir` resumes, as a sentence for stop messages."""
+  try:
+    latest = step_dir(workdir)
+  except FileNotFoundError:
+    return f'There is no checkpoint in {workdir} yet: the rerun starts at step 0.'
+  return f'The last checkpoint is step {latest.name} in {latest.parent}.'
 
 
 def check_compatible(saved: dict, current: dict, where: Any) -> None:

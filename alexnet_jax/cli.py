@@ -14,8 +14,8 @@ take (status 2), and runs `main` with the errors a user causes and can fix
 printed as one `ERROR:` line on stderr: a config problem (ConfigError) status
 2; a missing file or workdir, a value the data or the checkpoint does not
 allow, a checkpoint of another config status 1; a signal after a checkpoint
-was saved (preemption.Preempted) status 75. Set ALEXNET_JAX_TRACEBACK=1 to see
-tracebacks instead.
+was saved (preemption.Preempted) or a lost process (parallel.HostLost) status
+75. Set ALEXNET_JAX_TRACEBACK=1 to see tracebacks instead.
 """
 
 import difflib
@@ -237,7 +237,8 @@ _REGISTERED = []
 
 def user_error(cls, status: int = ERROR_STATUS):
   """Registers `cls` (also as a class decorator): its errors are a user's,
-  reported in one line with exit `status` (PREEMPTED_EXIT_CODE: no line)."""
+  reported in one line with exit `status` (none if the error's `logged`
+  attribute says it was reported already)."""
   _REGISTERED.append((cls, status))
   return cls
 
@@ -259,9 +260,9 @@ def guarded(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], 
       status = _status_of(e)
       if status is None or os.environ.get('ALEXNET_JAX_TRACEBACK'):
         raise
-      if status in (ERROR_STATUS, USAGE_STATUS):
-        fail(str(e), status)
-      sys.exit(status)  # Preempted: the loop already logged where it stopped.
+      if getattr(e, 'logged', False):
+        sys.exit(status)  # Preempted: the loop already logged where it stopped.
+      fail(str(e), status)
   return wrapped
 
 

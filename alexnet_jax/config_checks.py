@@ -190,6 +190,7 @@ def _check_length(c: _Checks) -> None:
     c.bad('num_epochs', epochs, 'must be > 0 (or set config.num_train_steps > 0).')
   c.in_range('eval.every_epochs', 0, None, low_open=True)
   c.in_range('health.min_firing', 0, 1)
+  c.in_range('watchdog_minutes', 0, None)
 
 
 def _check_optimizer(c: _Checks) -> None:

@@ -12,9 +12,11 @@ of another config, a diverged loss) exit with status 1. Neither prints a
 traceback (alexnet_jax/cli.py).
 
 Exit status: 0 finished; 75 (EX_TEMPFAIL, preemption.PREEMPTED_EXIT_CODE)
-stopped by SIGTERM/SIGINT with a checkpoint saved (rerun the same command to
-resume); 2 a config, flag or workdir problem; 1 any other error, with its
-message on stderr.
+stopped with nothing unsaved lost, rerun the same command to resume: by
+SIGTERM/SIGINT at any moment (a checkpoint saved if one was due), a lost
+process of a multi-process run, or no progress for config.watchdog_minutes;
+2 a config, flag or workdir problem; 1 any other error, with its message on
+stderr.
 """
 
 import os
@@ -22,6 +24,7 @@ import os
 from absl import flags
 
 from alexnet_jax import cli
+from alexnet_jax import preemption
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               'configs', 'digits.py')
@@ -49,4 +52,7 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  # Before the heavy imports in main() (with -m, alexnet_jax/__init__.py did so
+  # before importing TensorFlow): SIGTERM/SIGINT exit 75 with one line.
+  preemption.exit_on_signals()
   cli.run(main, define_flags, config_default=DEFAULT_CONFIG)

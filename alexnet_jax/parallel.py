@@ -47,9 +47,13 @@ global shape only: every layout drops the same units (with
 """
 
 import collections
+import ctypes
+import functools
 import itertools
 import os
-from typing import Any, Iterator, Sequence
+import re
+import signal
+from typing import Any, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -57,8 +61,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from alexnet_jax import cli
 from alexnet_jax import config_checks
 from alexnet_jax import models
+from alexnet_jax import preemption
 
 DATA, MODEL = 'data', 'model'
 
@@ -89,7 +95,8 @@ def maybe_initialize_distributed() -> None:
   itself (no arguments): a Cloud TPU VM (its slice's workers, one or many),
   Slurm (SLURM_NTASKS > 1), Open MPI (OMPI_COMM_WORLD_SIZE > 1), a GKE TPU
   slice (TPU_WORKER_HOSTNAMES), or anything else JAX detects with
-  ALEXNET_DISTRIBUTED=1. Must run before anything touches a JAX device.
+  ALEXNET_DISTRIBUTED=1. ALEXNET_HEARTBEAT_TIMEOUT_S overrides
+  HEARTBEAT_TIMEOUT_S. Must run before anything touches a JAX device.
   """
   env = os.environ
   explicit = env.get('ALEXNET_COORDINATOR')
@@ -112,10 +119,96 @@ def maybe_initialize_distributed() -> None:
   # CPU collectives across processes need gloo (jax 0.10); it changes nothing
   # on GPU or TPU.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**kwargs)
+  heartbeat = int(env.get('ALEXNET_HEARTBEAT_TIMEOUT_S', HEARTBEAT_TIMEOUT_S))
+  jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat)
+  _stop_on_runtime_abort()
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+# --------------------------------------------------------------------------
+# A lost process (README "Faults and resuming", launch/README.md)
+# --------------------------------------------------------------------------
+
+# JAX's default: a process that sends no heartbeat for this long (killed,
+# stopped, its host gone) is declared dead by the coordinator (process 0),
+# which then stops every process (`_stop_on_runtime_abort`): the bound on how
+# long survivors wait for a lost process that their collectives do not notice.
+HEARTBEAT_TIMEOUT_S = 100
+
+
+@functools.partial(cli.user_error, status=preemption.PREEMPTED_EXIT_CODE)
+class HostLost(RuntimeError):
+  """Another process of a multi-process run died or became unreachable; this
+  one stops (exit status 75) so that the launcher restarts the whole job."""
+
+
+# What the collectives (gloo, NCCL) and JAX's distributed runtime say when a peer is gone.
+_PEER_FAILURE = re.compile(r'gloo|nccl|peer|connection|socket|unavailable|deadline|'
+                           r'heartbeat|coordinat|barrier|remote process|network', re.I)
+
+
+def lost_host(error: BaseException) -> Optional[HostLost]:
+  """The HostLost that `error` means, or None: in a multi-process run, a
+  JaxRuntimeError (in `error`'s cause chain) of a collective or the runtime
+  that failed because another process is gone."""
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return None
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, HostLost):
+      return error
+    text = str(error)
+    if isinstance(error, jax.errors.JaxRuntimeError) and _PEER_FAILURE.search(text):
+      others = [i for i in range(jax.process_count()) if i != jax.process_index()]
+      peer = re.search(r'\[([^\]]+)\]:\d+', text)  # gloo names the peer's address
+      who = (f'process {others[0]}' if len(others) == 1 else
+             f'the process at {peer.group(1)}' if peer else 'another process')
+      first = ' '.join(text.split())[:200]
+      return HostLost(
+          f'Lost {who} of {jax.process_count()} (process {jax.process_index()} says: '
+          f'{first}): it died, was stopped or its host went away. {preemption.resume_point()} '
+          f'Stopping with exit status {preemption.PREEMPTED_EXIT_CODE}: run the same command '
+          '(the launch scripts restart the job) to resume.')
+    error = error.__cause__ or error.__context__
+  return None
+
+
+_ABORT_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)
+_abort_handlers = []  # referenced for the life of the process
+
+
+def _on_runtime_abort(signum: int) -> None:
+  del signum
+  who = ('another process stopped sending heartbeats' if jax.process_index() == 0 else
+         'lost process 0 (the coordinator), or another process stopped sending heartbeats')
+  preemption.stop_now(
+      f'ERROR: JAX\'s distributed runtime stopped process {jax.process_index()}: {who} '
+      f'(its fatal line above says which). {preemption.resume_point()} Stopping with exit '
+      f'status {preemption.PREEMPTED_EXIT_CODE}: run the same command (the launch scripts '
+      'restart the job) to resume.')
+
+
+def _stop_on_runtime_abort() -> None:
+  """Turns the distributed runtime's abort into exit status 75.
+
+  JAX's client aborts the process (SIGABRT, after its 'Terminating process
+  because the JAX distributed service detected fatal errors' line and a C++
+  stack) within a second of losing the coordinator, and on every process
+  when the coordinator declares one dead (no heartbeat for
+  HEARTBEAT_TIMEOUT_S). jax 0.10.2 has no hook for it: a Python
+  `missed_heartbeat_callback` crashes with std::bad_cast when called
+  (measured). So a C-level SIGABRT handler (ctypes; it takes the GIL from
+  the aborting thread) writes one ERROR line and exits with status 75.
+  """
+  handler = _ABORT_HANDLER(_on_runtime_abort)
+  libc = ctypes.CDLL(None)
+  libc.signal.argtypes = [ctypes.c_int, _ABORT_HANDLER]
+  libc.signal.restype = ctypes.c_void_p
+  libc.signal(signal.SIGABRT, handler)
+  _abort_handlers.append(handler)
 
 
 # --------------------------------------------------------------------------

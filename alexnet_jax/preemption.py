@@ -1,24 +1,41 @@
-"""Stopping on a signal, and the fault hooks the fault tests use.
+"""Stopping a run at any moment with exit status 75, and the fault hooks the
+fault tests use.
 
-SIGTERM (preemption) and SIGINT (Ctrl-C) set a flag; the training loop saves a
-checkpoint and raises `Preempted`, which main turns into exit status
-PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL), the status the launch scripts requeue on.
+Status PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL) means: stopped, nothing unsaved
+is lost, the same command resumes; the launch scripts restart the job on it.
+
+- Signals (SIGTERM, SIGINT), from process start (`exit_on_signals`, installed
+  by alexnet_jax/__init__.py and main.py before the heavy imports) to exit:
+  outside the training loop nothing is unsaved, so the process exits at once
+  with one line. The loop's `PreemptionFlag` takes over from the end of the
+  restore to the end of the run: the loop (a step, or an evaluation batch)
+  saves a checkpoint if one is due and raises `Preempted`.
+- A stuck process (`Watchdog`): no training step and no evaluation batch for
+  config.watchdog_minutes: every thread's stack to WORKDIR/errors.log, exit 75.
+- A lost process of a multi-process run: alexnet_jax/parallel.py (HostLost).
+
+An immediate stop (`stop_now`) writes its line to the real stderr, releases
+the workdir lock (`stop_context`) and leaves with os._exit: interpreter
+shutdown would wait on library threads and distributed barriers.
 """
 
+import contextlib
+import faulthandler
 import functools
 import os
 import signal
+import sys
 import threading
-from typing import Any
+import time
+from typing import Any, Callable, Optional
 
-import jax
-import numpy as np
 from absl import logging
 
 from alexnet_jax import cli
 
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved; rerun to resume.
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped, nothing unsaved lost; rerun to resume.
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @functools.partial(cli.user_error, status=PREEMPTED_EXIT_CODE)
@@ -26,30 +43,117 @@ class Preempted(Exception):
   """The run stopped on SIGTERM/SIGINT after saving a checkpoint (exit status
   PREEMPTED_EXIT_CODE from main); the same command resumes it."""
 
+  logged = True  # The loop logged where it stopped: main prints nothing more.
+
   def __init__(self, step: int, num_steps: int, state: Any = None):
     super().__init__(f'Preempted at step {step} of {num_steps}; checkpoint saved. Run the same '
                      'command to resume.')
     self.step, self.state = step, state
 
 
+class StopRequested(Exception):
+  """Raised by an evaluation when the PreemptionFlag is set (between batches);
+  the loop then stops as after a step (train.train_loop)."""
+
+
+# --------------------------------------------------------------------------
+# Stopping at once: one line, the lock released, os._exit
+# --------------------------------------------------------------------------
+
+_stderr_fd = 2          # the real stderr (TensorFlow's import captures fd 2 for a while)
+_resume_point: Optional[Callable[[], str]] = None   # 'The last checkpoint is step ...'
+_cleanups: list = []    # run before an immediate exit (the workdir lock)
+_stopping = threading.Lock()
+
+
+def resume_point() -> str:
+  """Where a rerun resumes, as a sentence ('' before the workdir is known)."""
+  try:
+    return _resume_point() if _resume_point else ''
+  except Exception:  # pylint: disable=broad-except
+    return ''
+
+
+@contextlib.contextmanager
+def stop_context(where: Callable[[], str], cleanup: Callable[[], None]):
+  """While training in a workdir: immediate stops say `where()` the rerun
+  resumes and run `cleanup` (release the workdir lock) before exiting."""
+  global _resume_point
+  previous, _resume_point = _resume_point, where
+  _cleanups.append(cleanup)
+  try:
+    yield
+  finally:
+    _cleanups.remove(cleanup)
+    _resume_point = previous
+
+
+def stop_now(message: str, status: int = PREEMPTED_EXIT_CODE) -> None:
+  """Writes `message` as one line to stderr, runs the cleanups and exits with
+  `status` at once, from any thread (a second caller waits for the first)."""
+  _stopping.acquire()
+  for cleanup in reversed(_cleanups):
+    with contextlib.suppress(Exception):
+      cleanup()
+  for stream in (sys.stdout, sys.stderr):  # Lines logged before this one come first.
+    with contextlib.suppress(Exception):
+      stream.flush()
+  with contextlib.suppress(OSError):
+    os.write(_stderr_fd, (' '.join(message.split()) + '\n').encode(errors='replace'))
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def _exit_on_signal(signum, frame) -> None:
+  del frame
+  stop_now(f'{signal.Signals(signum).name} received outside the training loop (nothing '
+           f'unsaved): stopping with exit status {PREEMPTED_EXIT_CODE}. Run the same command '
+           'to resume.')
+
+
+def exit_on_signals() -> None:
+  """From here on (until a PreemptionFlag takes over), SIGTERM and SIGINT exit
+  with status 75 and one line, instead of -15, or a KeyboardInterrupt
+  traceback (or 'Exception ignored ... KeyboardInterrupt' after the run)."""
+  global _stderr_fd
+  if threading.current_thread() is not threading.main_thread():
+    return
+  if _stderr_fd == 2:
+    with contextlib.suppress(OSError):
+      _stderr_fd = os.dup(2)
+  for s in SIGNALS:
+    signal.signal(s, _exit_on_signal)
+
+
+# --------------------------------------------------------------------------
+# The training loop's flag
+# --------------------------------------------------------------------------
+
+
+_active_flag: Optional['PreemptionFlag'] = None
+
+
 class PreemptionFlag:
   """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); the loop saves a
-  checkpoint and stops. A second Ctrl-C aborts at once (KeyboardInterrupt)."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  checkpoint and stops. A second Ctrl-C stops at once without saving: exit
+  status 75 under main (`exit_on_signals`), else KeyboardInterrupt."""
 
   def __init__(self):
     self.set = False
     self._previous = {}
 
   def __enter__(self):
+    global _active_flag
     if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+      self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+    self._outer, _active_flag = _active_flag, self
     return self
 
   def _handle(self, signum, frame):
     del frame
     if self.set and signum == signal.SIGINT:
+      if self._previous.get(signum) is _exit_on_signal:  # under main
+        stop_now(f'SIGINT again: stopping at once without saving. {resume_point()} Run the '
+                 'same command to resume.')
       raise KeyboardInterrupt
     logging.warning('%s received: saving a checkpoint and stopping%s.',
                     signal.Signals(signum).name,
@@ -57,6 +161,8 @@ class PreemptionFlag:
     self.set = True
 
   def __exit__(self, *exc):
+    global _active_flag
+    _active_flag = self._outer
     for s, previous in self._previous.items():
       signal.signal(s, previous)
 
@@ -64,24 +170,131 @@ class PreemptionFlag:
     """Whether to stop now. One process: as soon as the signal came. Several:
     all must stop at the same step, so they agree every `every` steps (one
     all-gather then, instead of a host sync on every step)."""
+    import jax  # pylint: disable=g-import-not-at-top
     if jax.process_count() == 1:
       return self.set
     if step % every:
       return False
+    import numpy as np  # pylint: disable=g-import-not-at-top
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return bool(multihost_utils.process_allgather(np.int32(self.set)).any())
 
 
-def fault_point(event: str, step: int) -> None:
-  """Test hook: ALEXNET_JAX_FAULT='EVENT@STEP[:SIGNAL]' sends SIGNAL (default
-  KILL) to this process at that point of the loop. Events: 'trained' (after
-  the update of STEP), 'saved' (save of STEP started; an async write is in
-  flight), 'evaluated' (after STEP's evaluation and best/ save).
-  tests/test_faults.py kills runs at chosen points with it."""
+def check_stop(batch: int, every: int = 16) -> None:
+  """In an evaluation, before batch `batch` (1, 2, ...): raises StopRequested
+  if the active PreemptionFlag is set (several processes agree every `every`
+  batches, as the loop does every log step). Outside the loop: nothing."""
+  if _active_flag is not None and _active_flag.any_host(batch, every):
+    raise StopRequested()
+
+
+# --------------------------------------------------------------------------
+# The step watchdog
+# --------------------------------------------------------------------------
+
+
+_watchdog: Optional['Watchdog'] = None
+
+
+def progress() -> None:
+  """Reports progress (a training step, an evaluation batch) to the watchdog."""
+  if _watchdog is not None:
+    _watchdog.last = time.monotonic()
+
+
+class Watchdog:
+  """While active: if `progress()` is not called for `minutes`, writes every
+  thread's stack to `dump_path` (stderr if None or unwritable) and stops with
+  status 75 (`stop_now`). minutes <= 0: off.
+
+  Progress is a finished training step or a dispatched evaluation batch; the
+  watchdog runs from the restore to the end of the run, so the restore, the
+  first compile of each step, the input pipeline's start and checkpoint
+  writes all fall within one interval and must fit in it (configs/ilsvrc.py).
+  """
+
+  def __init__(self, minutes: float, dump_path: Optional[str] = None):
+    self.timeout_s = 60.0 * minutes
+    self.dump_path = dump_path
+    self.last = time.monotonic()
+    self._done = threading.Event()
+
+  def __enter__(self):
+    global _watchdog
+    if self.timeout_s > 0:
+      self.last = time.monotonic()
+      self._outer, _watchdog = _watchdog, self
+      threading.Thread(target=self._watch, name='alexnet_jax-watchdog', daemon=True).start()
+    return self
+
+  def __exit__(self, *exc):
+    global _watchdog
+    if self.timeout_s > 0:
+      self._done.set()
+      _watchdog = self._outer
+
+  def _watch(self) -> None:
+    while not self._done.wait(min(10.0, self.timeout_s / 4)):
+      idle = time.monotonic() - self.last
+      if idle > self.timeout_s and not self._done.is_set():
+        self._fire(idle)
+
+  def _dump(self) -> str:
+    """Every thread's stack to dump_path (or stderr); where it went."""
+    header = (f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} watchdog: no progress; stacks of '
+              f'process {os.getpid()} ===\n')
+    try:
+      with open(self.dump_path, 'a') as f:
+        f.write(header)
+        f.flush()
+        faulthandler.dump_traceback(f, all_threads=True)
+      return self.dump_path
+    except (OSError, TypeError):  # TypeError: no dump_path
+      os.write(_stderr_fd, header.encode())
+      faulthandler.dump_traceback(_stderr_fd, all_threads=True)
+      return 'stderr above'
+
+  def _fire(self, idle: float) -> None:
+    where = self._dump()
+    stop_now(f'ERROR: No training step or evaluation batch completed for {idle / 60:.1f} '
+             f'minutes (config.watchdog_minutes={self.timeout_s / 60:g}): this process or '
+             'another process of the run is stuck (a stopped process, a hung read or '
+             f'collective). Every thread\'s stack: {where}. {resume_point()} Stopping with '
+             f'exit status {PREEMPTED_EXIT_CODE}: run the same command to resume.')
+
+
+# --------------------------------------------------------------------------
+# Test hooks
+# --------------------------------------------------------------------------
+
+
+def fault_point(event: str, step: Optional[int] = None) -> None:
+  """Test hook: ALEXNET_JAX_FAULT='EVENT[@STEP][:SIGNAL][+SECONDS]' sends SIGNAL
+  (default KILL; STOP stops the process) to this process at that point,
+  SECONDS later from another thread if given (to land inside the slow call
+  that follows). SIGNAL 'HANG' blocks the calling thread for good instead (a
+  hung read).
+
+  Events: 'import' (before TensorFlow's import, alexnet_jax/__init__.py),
+  'restored' (after the restore, before the loop), 'trained@STEP' (after the
+  update of STEP), 'saved@STEP' (save of STEP started; an async write is in
+  flight), 'evaluating@STEP' (an evaluation of STEP starts), 'evaluated@STEP'
+  (after STEP's evaluation and best/ save), 'done' (after the `Done:` line).
+  tests/test_faults.py stops runs at chosen points with it.
+  """
   spec = os.environ.get('ALEXNET_JAX_FAULT')
   if not spec:
     return
+  spec, _, delay = spec.partition('+')
   where, _, sig = spec.partition(':')
-  if where == f'{event}@{step}':
-    os.kill(os.getpid(), getattr(signal, 'SIG' + (sig or 'KILL')))
-
+  if where != (event if step is None else f'{event}@{step}'):
+    return
+  if sig == 'HANG':
+    threading.Event().wait()
+  signum = getattr(signal, 'SIG' + (sig or 'KILL'))
+  if delay:
+    timer = threading.Timer(float(delay), os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+  else:
+    os.kill(os.getpid(), signum)

@@ -25,6 +25,7 @@ RULES = {
     'checkpoint_every_steps': 'apply',
     'keep_checkpoints': 'apply',
     'async_checkpoints': 'apply',
+    'watchdog_minutes': 'apply',
     'eval': 'apply',
     'dataset.data_dir': 'apply',
     'dataset.manual_dir': 'apply',

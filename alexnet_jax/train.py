@@ -12,9 +12,11 @@ key is `fold_in(seed, step)` and the input stream is a function of the step.
 
 Faults (README "Faults and resuming"): every checkpoint is saved only after its
 losses and parameters are checked finite, evaluation steps are saved before
-they evaluate, SIGTERM/SIGINT save and raise Preempted (main exits 75), and each
-checkpoint carries the loop's bookkeeping (`Progress`), so the rerun continues
-exactly.
+they evaluate, SIGTERM/SIGINT save and raise Preempted (main exits 75), a
+lost process of a multi-process run stops the others at once (75,
+parallel.lost_host), a run that makes no progress for config.watchdog_minutes
+stops (75, preemption.Watchdog), and each checkpoint
+carries the loop's bookkeeping (`Progress`), so the rerun continues exactly.
 """
 
 import contextlib
@@ -226,8 +228,12 @@ def evaluate(run: Run, params: Any, ten_crop: bool) -> dict:
       run.data, batch_size=batch_size, ten_crop=ten_crop, process_index=run.shard,
       process_count=run.num_shards), run.data_sharding, run.config.dataset.prefetch)
   eval_fn = run.eval_steps[ten_crop]
-  # Dispatched without waiting; fetched once at the end.
-  sums = jax.device_get([eval_fn(params, batch) for batch in batches])
+  sums = []
+  for i, batch in enumerate(batches, 1):  # Dispatched without waiting; fetched at the end.
+    preemption.check_stop(i)  # A signal: stop between batches (StopRequested).
+    sums.append(eval_fn(params, batch))
+    preemption.progress()
+  sums = jax.device_get(sums)
   count = float(sum(float(s['count']) for s in sums))
   if not count:
     raise ValueError(f'The evaluation split {run.config.dataset.eval_split!r} yielded no '
@@ -264,9 +270,14 @@ def evaluate_and_update(run: Run, state: TrainState, step: int, loop: 'Loop'
   """Evaluation at `step` (its checkpoint is already saved), the plateau
   schedule's update (section 5), and the offer to best/."""
   config = run.config
+  preemption.fault_point('evaluating', step)
   try:
     results = run_evals(run, state.params, step, loop.writer)
+  except preemption.StopRequested:
+    raise
   except Exception as e:
+    if parallel.lost_host(e):
+      raise
     raise EvaluationError(
         f'Evaluation at step {step} failed ({type(e).__name__}: {e}). The checkpoint of '
         f'step {step} is saved in {loop.ckpt.latest.directory}; fix the cause '
@@ -322,11 +333,13 @@ class Progress:
 
 @dataclasses.dataclass
 class Loop:
-  """The loop's services: checkpoints, the metric writer, the workdir lock."""
+  """The loop's services: checkpoints, the metric writer, the workdir lock,
+  and the flag SIGTERM/SIGINT set."""
   ckpt: ckpt_lib.Checkpointer
   writer: Any
   lock: workdir_lock.WorkdirLock
   progress: Progress
+  preempted: preemption.PreemptionFlag
 
 
 def _recent_losses(rows: list, first_step: int, before: int, n: int = 5) -> str:
@@ -431,31 +444,34 @@ def final_metrics(run: Run, state: TrainState, progress: Progress, last_eval: di
 
 
 def train_loop(run: Run, state: TrainState, loop: Loop) -> tuple[TrainState, dict]:
-  """Steps from state.step to run.num_steps: log, save, evaluate, stop on a signal.
-  Returns the final state and the last evaluation ({} if none ran)."""
+  """Steps from state.step to run.num_steps: log, save, evaluate, stop on a signal
+  (loop.preempted: after a step, or between evaluation batches; the step is
+  saved by then). Returns the final state and the last evaluation."""
   config, progress, ckpt = run.config, loop.progress, loop.ckpt
   start_step, last_eval = int(state.step), {}
-  if progress.evaluated_step < start_step and (start_step % run.eval_every == 0
-                                               or start_step == run.num_steps):
-    # Stopped after saving an evaluation step but before its evaluation finished.
-    state, last_eval = evaluate_and_update(run, state, start_step, loop)
+  step = start_step
+  try:
+    if progress.evaluated_step < start_step and (start_step % run.eval_every == 0
+                                                 or start_step == run.num_steps):
+      # Stopped after saving an evaluation step but before its evaluation finished.
+      state, last_eval = evaluate_and_update(run, state, start_step, loop)
 
-  train_iter = parallel.prefetch(input_pipeline.train_iterator(
-      run.data, batch_size=config.batch_size // run.num_shards, start_step=start_step,
-      process_index=run.shard, process_count=run.num_shards),
-      run.data_sharding, config.dataset.prefetch)
-  history, t_log, since_log = [], time.time(), 0
-  with preemption.PreemptionFlag() as preempted:
+    train_iter = parallel.prefetch(input_pipeline.train_iterator(
+        run.data, batch_size=config.batch_size // run.num_shards, start_step=start_step,
+        process_index=run.shard, process_count=run.num_shards),
+        run.data_sharding, config.dataset.prefetch)
+    history, t_log, since_log = [], time.time(), 0
     for step in range(start_step + 1, run.num_steps + 1):
       state, metrics = run.train_step(state, next(train_iter))
       history.append(metrics)
       since_log += 1
+      preemption.progress()
       preemption.fault_point('trained', step)
       ckpt.check_writes()  # A failed async save stops the run now, not a save later.
 
       is_log = step % config.log_every_steps == 0 or step == run.num_steps
       is_eval = step % run.eval_every == 0 or step == run.num_steps
-      stop = preempted.any_host(step, config.log_every_steps)
+      stop = loop.preempted.any_host(step, config.log_every_steps)
       # Evaluation steps are saved first, so a failed or killed evaluation loses nothing.
       is_save = is_eval or stop or ckpt.should_save(step)  # is_eval: also the last step
       if is_log or is_save:  # Checks finiteness before anything is saved.
@@ -472,16 +488,20 @@ def train_loop(run: Run, state: TrainState, loop: Loop) -> tuple[TrainState, dic
       if is_save:
         ckpt.save(step, state, run.description, progress.record(), force=True)
         preemption.fault_point('saved', step)
-      if is_eval and not stop:  # Stopping: the resumed run evaluates this step.
+      if stop:  # The resumed run evaluates this step if it is an evaluation step.
+        raise preemption.StopRequested()
+      if is_eval:
         state, last_eval = evaluate_and_update(run, state, step, loop)
-      if is_log or (is_eval and not stop):
+      if is_log or is_eval:
         t_log = time.time()
-      if stop:
-        ckpt.close()
-        loop.writer.flush()
-        logging.warning('Preempted at step %d of %d; checkpoint saved. Run the same '
-                        'command to resume.', step, run.num_steps)
-        raise preemption.Preempted(step, run.num_steps, state)
+    if not last_eval:  # Resumed a run that had already finished and been evaluated.
+      last_eval = run_evals(run, state.params, int(state.step), loop.writer)
+  except preemption.StopRequested:
+    ckpt.close()
+    loop.writer.flush()
+    logging.warning('Preempted at step %d of %d; checkpoint saved. Run the same '
+                    'command to resume.', step, run.num_steps)
+    raise preemption.Preempted(step, run.num_steps, state) from None
   return state, last_eval
 
 
@@ -516,7 +536,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   run = setup(config, data)
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock.WorkdirLock(workdir, enabled=is_main) as lock:
+  with workdir_lock.WorkdirLock(workdir, enabled=is_main) as lock, preemption.stop_context(
+      lambda: ckpt_lib.resume_point(str(workdir)), lock.release):
     return _train_locked(run, workdir, lock, t_start)
 
 
@@ -534,6 +555,10 @@ def _write_run_record(run: Run, workdir: epath.Path, start_step: int) -> None:
 
 
 def _train_locked(run: Run, workdir: epath.Path, lock, t_start: float) -> TrainState:
+  """Restore, loop, final metrics. A signal during the restore exits at once
+  (preemption.exit_on_signals: nothing unsaved); from the loop until the last
+  save has committed, the PreemptionFlag saves and stops; the watchdog
+  (config.watchdog_minutes) watches from the restore to the end."""
   config = run.config
   is_main = jax.process_index() == 0
   # TensorBoard only: the loop logs one console line per event itself.
@@ -542,28 +567,39 @@ def _train_locked(run: Run, workdir: epath.Path, lock, t_start: float) -> TrainS
   ckpt = ckpt_lib.Checkpointer(str(workdir), every_steps=config.checkpoint_every_steps,
                                keep=config.keep_checkpoints,
                                use_async=config.async_checkpoints)
-  state, saved = restore_or_init(run, ckpt)
-  start_step = int(state.step)
-  if is_main:  # Only now: a refused resume leaves the run's record as it was.
-    _write_run_record(run, workdir, start_step)
-  loop = Loop(ckpt, writer, lock, Progress.restored(saved, t_start, start_step))
-  try:
-    state, last_eval = train_loop(run, state, loop)
-    if not last_eval:  # Resumed a run that had already finished.
-      last_eval = run_evals(run, state.params, int(state.step), writer)
-    ckpt.close()
-    writer.flush()
-    final = final_metrics(run, state, loop.progress, last_eval)
-  except Exception as e:  # Let in-flight saves commit; the error says what to do.
-    with contextlib.suppress(Exception):
-      ckpt.close()
-      writer.flush()
-    if isinstance(e, NonFiniteLossError):  # The state before the bad step led to it.
-      ckpt.put_aside_from(e.step - 1, 'diverged')
-    if isinstance(e, DeadNetworkError):  # The rerun with a fix starts fresh.
-      ckpt.put_aside_from(0, 'dead')
-    raise
+  errors_log = None if '://' in str(workdir) else str(workdir / 'errors.log')
+  with preemption.Watchdog(config.watchdog_minutes, errors_log):
+    try:
+      state, saved = restore_or_init(run, ckpt)
+      start_step = int(state.step)
+      if is_main:  # Only now: a refused resume leaves the run's record as it was.
+        _write_run_record(run, workdir, start_step)
+      preemption.fault_point('restored')
+      with preemption.PreemptionFlag() as preempted:
+        loop = Loop(ckpt, writer, lock, Progress.restored(saved, t_start, start_step),
+                    preempted)
+        state, last_eval = train_loop(run, state, loop)
+        ckpt.close()  # A signal now waits for the last save to commit.
+        writer.flush()
+    except Exception as e:  # Let in-flight saves commit; the error says what to do.
+      lost = parallel.lost_host(e)
+      if lost:  # Exit now: closing would wait for the lost process (barriers), and
+        preemption.stop_now(f'ERROR: {lost}')  # JAX's runtime may abort this one meanwhile.
+      with contextlib.suppress(Exception):
+        ckpt.close()
+        writer.flush()
+      if isinstance(e, NonFiniteLossError):  # The state before the bad step led to it.
+        ckpt.put_aside_from(e.step - 1, 'diverged')
+      if isinstance(e, DeadNetworkError):  # The rerun with a fix starts fresh.
+        ckpt.put_aside_from(0, 'dead')
+      raise
+  if preempted.set:  # A signal while the last save committed: stop as asked.
+    logging.warning('Preempted after the last step (%d); checkpoint saved. Run the same '
+                    'command to finish.', int(state.step))
+    raise preemption.Preempted(int(state.step), run.num_steps, state)
+  final = final_metrics(run, state, loop.progress, last_eval)
   if is_main:
     (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
   logging.info('Done: %s', json.dumps(final))
+  preemption.fault_point('done')
   return state

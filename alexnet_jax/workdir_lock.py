@@ -174,6 +174,10 @@ class WorkdirLock:
         self.path.write_text(json.dumps(self.record))
       self._last_refresh = time.time()
 
-  def __exit__(self, *exc):
+  def release(self) -> None:
+    """Removes lock.json if this process holds it."""
     if self.enabled and self._holder() == self.record:
       self.path.unlink(missing_ok=True)
+
+  def __exit__(self, *exc):
+    self.release()

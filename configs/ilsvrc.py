@@ -197,6 +197,24 @@ def get_config(arg=None):
   # ------------------------------------------------------- parallelism
   config.mesh = (-1, 1)                  # (data, model); model=2 puts one tower per device
 
+  # --------------------------------------------------- a stuck run (watchdog)
+  # No training step and no evaluation batch for this long: every thread's
+  # stack goes to WORKDIR/errors.log and the run stops with exit status 75 (the
+  # launch scripts restart it; alexnet_jax/preemption.py). Otherwise a stopped
+  # or hung process (a read, a collective) holds the whole allocation. Progress
+  # is a step or an evaluation batch, so a long evaluation that moves never
+  # trips it. The longest healthy gaps come once per (re)start or evaluation
+  # (estimates for ILSVRC, not measured yet): the restore of the ~0.5 GB state
+  # (seconds to a minute from a bucket), filling the 16,384-image shuffle
+  # buffer (~30 s decoding on one core) and the first compile of the train
+  # step (1-2 min on GPU/TPU), all before the first step; the first compile of
+  # each evaluation step; the wait for the device to finish the dispatched
+  # batches of a 10-crop evaluation of 50,000 images (~3-4 min on a GPU 10x
+  # slower than the host's decoding). 20 min is ~5x the longest (~4 min),
+  # for slow file systems and loaded hosts, and bounds what a hang costs.
+  # 0 turns the watchdog off.
+  config.watchdog_minutes = 20.0
+
   # ----------------------------------------------------------- fine-tuning
   # Start a new run from another run's parameters: a workdir (its latest
   # checkpoint), its best/ directory or a checkpoint step directory, e.g. one

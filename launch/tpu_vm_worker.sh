@@ -1,10 +1,12 @@
 #!/bin/bash
 # Runs on each worker of a TPU VM slice (launch/tpu_vm.sh starts it there):
 # creates the Python environment if it is missing or requirements.txt changed,
-# then runs alexnet_jax.main with the given flags.
+# then runs alexnet_jax.main with the given flags, restarting it (bounded)
+# when it stops in a way the same command resumes from.
 #
 # Env: VENV (default ~/alexnet_venv), TPU_PYTHON (Python >= 3.11 to create it
-# with; default python3).
+# with; default python3), MAX_RESTARTS (default 10) and RESTART_DELAY_S
+# (default 10): restarts after exit status 75 or 137 (see the end).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +26,44 @@ if ! cmp -s requirements.txt "${venv}/requirements.txt"; then
   cp requirements.txt "${venv}/requirements.txt"
 fi
 
-exec "${venv}/bin/python" -u -m alexnet_jax.main "$@"
+# 75: main stopped with nothing unsaved lost (a signal, a lost or stuck
+# worker); 137: a process was killed (kill -9, the OOM killer). Every worker
+# sees one of them when any worker fails, so all restart together and
+# jax.distributed.initialize() meets again; the run resumes from its last
+# checkpoint. At most MAX_RESTARTS times, so that a run failing the same way
+# every time does not loop for ever. A signal to this script goes to main and
+# ends the loop.
+max_restarts="${MAX_RESTARTS:-10}"
+child=""
+stopping=0
+forward() {  # Passes a signal on to main; no restart after it.
+  stopping=1
+  if [[ -n "${child}" ]]; then kill -s "$1" "${child}" 2> /dev/null || true; fi
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+restarts=0
+while true; do
+  # In the background, so that the trap runs (and forwards) while main runs.
+  "${venv}/bin/python" -u -m alexnet_jax.main "$@" &
+  child=$!
+  status=0
+  wait "${child}" || status=$?
+  while kill -0 "${child}" 2> /dev/null; do  # wait returned for a trapped signal
+    status=0
+    wait "${child}" || status=$?
+  done
+  child=""
+  if [[ "${stopping}" == 1 || ("${status}" != 75 && "${status}" != 137) ]]; then
+    exit "${status}"
+  fi
+  if ((restarts >= max_restarts)); then
+    echo "$(hostname): main exited ${status} after ${restarts} restarts" \
+      "(MAX_RESTARTS=${max_restarts}); not restarting" >&2
+    exit "${status}"
+  fi
+  restarts=$((restarts + 1))
+  echo "$(hostname): main exited ${status}: restart ${restarts} of at most" \
+    "${max_restarts} in ${RESTART_DELAY_S:-10} s"
+  sleep "${RESTART_DELAY_S:-10}"
+done

@@ -1,6 +1,8 @@
 """Faults injected into the training loop (issue 11): kill -9 at chosen points,
-SIGTERM/SIGINT, non-finite losses, changed configs, corrupt checkpoints, a full
-disk, concurrent starts, failing evaluations. Every run here must end equal to
+SIGTERM/SIGINT (in every phase), a stuck step (the watchdog),
+non-finite losses, changed configs, corrupt checkpoints, a full disk,
+concurrent starts, failing evaluations. Lost and stopped processes of a
+multi-process run: tests/test_multiprocess.py. Every run here must end equal to
 one uninterrupted reference run (module fixture `ref`) or fail with a message.
 
 Subprocess runs choose their fault point with ALEXNET_JAX_FAULT (preemption.fault_point).
@@ -23,6 +25,7 @@ import pytest
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 from alexnet_jax import checkpoint as ckpt_lib
+from alexnet_jax import config_checks
 from alexnet_jax import resume_policy
 from alexnet_jax import train
 from alexnet_jax import workdir_lock
@@ -71,6 +74,8 @@ def restored(workdir, ref_state, step=STEPS):
 
 
 def steps_of(workdir, sub='checkpoints'):
+  if not (workdir / sub).exists():
+    return []
   return sorted(int(p.name) for p in (workdir / sub).iterdir() if p.name.isdigit())
 
 
@@ -162,6 +167,119 @@ def test_best_step_newer_than_the_latest_checkpoint_resumes(tmp_path, ref):
   assert 11 in steps_of(tmp_path, 'best') or 12 in steps_of(tmp_path, 'best')
   state = train.train_and_evaluate(config, str(tmp_path))
   assert_state_equal(ref[0], state)
+
+
+OUTSIDE_THE_LOOP = ('received outside the training loop (nothing unsaved): stopping with '
+                    'exit status 75. Run the same command to resume.')
+
+
+@pytest.mark.parametrize('sig', ['TERM', 'INT'])
+def test_a_signal_outside_the_loop_exits_75_with_one_line(sig):
+  code = ('import os, signal, time\n'
+          'from alexnet_jax import preemption\n'
+          'preemption.exit_on_signals()\n'
+          f'os.kill(os.getpid(), signal.SIG{sig})\n'
+          'time.sleep(30)\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=main_env(),
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, proc.stderr
+  assert proc.stderr == f'SIG{sig} {OUTSIDE_THE_LOOP}\n' and not proc.stdout, proc.stderr
+
+
+@pytest.mark.slow
+def test_a_signal_in_any_phase_exits_75_and_saves_what_is_unsaved(tmp_path, ref):
+  """Signals in every phase. Old code: -2 and a traceback (SIGINT in the TensorFlow
+  import), -15 (SIGTERM at start-up, and while a resumed run re-evaluated),
+  'Exception ignored ... KeyboardInterrupt' (SIGINT after `Done:`)."""
+  workdir = tmp_path / 'w'
+  # Start-up: inside the TensorFlow import (alexnet_jax/__init__.py; 0.2 s after
+  # the hook, the import takes seconds), then right after the (fresh) restore.
+  rc, out = main(workdir, fault='import:INT+0.2')
+  assert rc == preemption.PREEMPTED_EXIT_CODE and out == f'SIGINT {OUTSIDE_THE_LOOP}\n', out
+  rc, out = main(workdir, fault='restored:TERM')
+  assert rc == preemption.PREEMPTED_EXIT_CODE and f'SIGTERM {OUTSIDE_THE_LOOP}' in out, out
+  assert not (workdir / 'lock.json').exists() and steps_of(workdir) == []
+  # An evaluation in the loop, then the re-evaluation of the resumed run: the
+  # step is saved before it evaluates; the run stops between evaluation batches.
+  for sig, resumed in (('TERM', False), ('INT', True)):
+    rc, out = main(workdir, fault=f'evaluating@11:{sig}')
+    assert rc == preemption.PREEMPTED_EXIT_CODE, out
+    assert ('resuming at step 11' in out) == resumed, out
+    assert f'SIG{sig} received: saving' in out and 'Preempted at step 11 of 12' in out, out
+    assert 'Traceback' not in out and steps_of(workdir)[-1] == 11, out
+  # After the `Done:` line.
+  rc, out = main(workdir, fault='done:INT')
+  assert rc == preemption.PREEMPTED_EXIT_CODE, out
+  assert 'Done:' in out and out.endswith(f'SIGINT {OUTSIDE_THE_LOOP}\n'), out
+  assert 'Traceback' not in out and 'Exception ignored' not in out, out
+  assert_state_equal(ref[0], restored(workdir, ref[0]))
+  final = json.loads((workdir / 'final_metrics.json').read_text())
+  np.testing.assert_allclose(final['eval_top1_error'], ref[1]['eval_top1_error'], rtol=1e-6)
+
+
+def test_watchdog_dumps_every_stack_and_exits_75_after_no_progress(tmp_path):
+  dump = tmp_path / 'errors.log'
+  code = ('import time\n'
+          'from alexnet_jax import preemption\n'
+          'with preemption.stop_context(lambda: "The last checkpoint is step 7.",\n'
+          '                             lambda: print("released", flush=True)):\n'
+          f'  with preemption.Watchdog(0.02, {str(dump)!r}):\n'
+          '    for _ in range(20):  # 2 s of progress: no stop\n'
+          '      time.sleep(0.1)\n'
+          '      preemption.progress()\n'
+          '    print("stuck", flush=True)\n'
+          '    time.sleep(60)  # a hung read\n')
+  t0 = time.monotonic()
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=main_env(),
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, proc.stderr
+  assert 3.2 < time.monotonic() - t0 < 30
+  assert proc.stdout == 'stuck\nreleased\n'
+  [line] = proc.stderr.splitlines()
+  assert line.startswith('ERROR: No training step or evaluation batch completed for') and (
+      'config.watchdog_minutes=0.02' in line and f'stack: {dump}' in line and
+      'The last checkpoint is step 7.' in line), line
+  stacks = dump.read_text()
+  assert 'watchdog: no progress' in stacks and 'File "<string>", line 10' in stacks, stacks
+
+
+def test_watchdog_minutes_is_checked_and_applied_on_resume():
+  assert cfg().watchdog_minutes == 20.0   # every shipped config: configs/ilsvrc.py
+  assert config_checks.validate(cfg(watchdog_minutes=-1.0)) == [
+      'config.watchdog_minutes=-1.0: must be a number in [0, inf).']
+  assert resume_policy.rule('watchdog_minutes') == 'apply'
+
+
+@pytest.mark.slow
+def test_a_hung_step_trips_the_watchdog(tmp_path, ref):
+  """A stuck process, alone: a step that never returns (a hung read).
+  (ref: its run fills the compilation cache, so the first steps here do not
+  spend seconds compiling within the watchdog's 15 s.)"""
+  del ref
+  rc, out = main(tmp_path, '--config.watchdog_minutes=0.25', fault='trained@7:HANG')
+  assert rc == preemption.PREEMPTED_EXIT_CODE, out
+  [line] = [x for x in out.splitlines() if x.startswith('ERROR:')]
+  assert 'config.watchdog_minutes=0.25' in line and str(tmp_path / 'errors.log') in line, line
+  assert f'The last checkpoint is step 5 in {tmp_path / "checkpoints"}' in line, line
+  assert 'Traceback' not in out, out
+  assert 'in fault_point' in (tmp_path / 'errors.log').read_text()
+  assert not (tmp_path / 'lock.json').exists()
+
+
+def test_second_ctrl_c_under_main_exits_75_at_once():
+  code = ('import os, signal, time\n'
+          'from alexnet_jax import preemption\n'
+          'preemption.exit_on_signals()\n'
+          'with preemption.PreemptionFlag():\n'
+          '  signal.raise_signal(signal.SIGINT)\n'
+          '  signal.raise_signal(signal.SIGINT)\n'
+          '  time.sleep(30)\n')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=main_env(),
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, proc.stderr
+  assert proc.stderr.endswith('SIGINT again: stopping at once without saving. Run the same '
+                              'command to resume.\n'), proc.stderr
+  assert 'Traceback' not in proc.stderr
 
 
 def test_second_ctrl_c_aborts_at_once():

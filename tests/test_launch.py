@@ -10,10 +10,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -312,22 +314,31 @@ def test_sbatch_single_job_and_missing_line(tmp_path, fake_bin):
   assert bad.returncode == 1 and 'no line for array task 1' in bad.stderr
 
 
-def test_sbatch_requeues_a_preempted_run_only(tmp_path, fake_bin):
-  """main exits 75 (preemption.PREEMPTED_EXIT_CODE) after saving on SIGTERM: requeue."""
+@pytest.mark.parametrize('status,restarts,want_rc,requeued', [
+    (75, None, 0, True),    # preempted, a lost or stuck process: main exited 75
+    (137, '3', 0, True),    # a task killed (kill -9, OOM killer); srun ended the rest
+    (75, '10', 75, False),  # MAX_RESTARTS (10) reached: a crash loop ends here
+    (1, None, 1, False),    # an error: no requeue
+    (0, None, 0, False)])
+def test_sbatch_requeues_a_stopped_run_a_bounded_number_of_times(
+    tmp_path, fake_bin, status, restarts, want_rc, requeued):
+  """main exits 75 (preemption.PREEMPTED_EXIT_CODE) when the rerun resumes:
+  requeue, at most MAX_RESTARTS times (Slurm's SLURM_RESTART_COUNT)."""
   bin_dir, log = fake_bin
   _stub(bin_dir, 'scontrol', "log({'scontrol': argv})\n")
-  for status, want_rc, want in [(75, 0, [{'scontrol': ['requeue', '7']}]), (1, 1, []),
-                                (0, 0, [])]:
-    _stub(bin_dir, 'srun', f"sys.exit({status})\n")
-    if os.path.exists(log):
-      os.remove(log)
-    env = _env(STUB_LOG=log, PATH=bin_dir + os.pathsep + os.environ['PATH'],
-               SLURM_JOB_ID='7')
-    env.pop('SLURM_ARRAY_TASK_ID', None)
-    proc = subprocess.run(['bash', 'launch/slurm.sbatch', '--workdir=/ckpt/run1'],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == want_rc, (status, proc.stderr)
-    assert _records(log) == want, status
+  _stub(bin_dir, 'srun', f"sys.exit({status})\n")
+  env = _env(STUB_LOG=log, PATH=bin_dir + os.pathsep + os.environ['PATH'],
+             SLURM_JOB_ID='7')
+  for key in ('SLURM_ARRAY_TASK_ID', 'SLURM_RESTART_COUNT', 'MAX_RESTARTS'):
+    env.pop(key, None)
+  if restarts is not None:
+    env['SLURM_RESTART_COUNT'] = restarts
+  proc = subprocess.run(['bash', 'launch/slurm.sbatch', '--workdir=/ckpt/run1'],
+                        cwd=ROOT, env=env, capture_output=True, text=True)
+  assert proc.returncode == want_rc, proc.stderr
+  assert _records(log) == ([{'scontrol': ['requeue', '7']}] if requeued else [])
+  if status == 75 and not requeued:
+    assert 'after 10 restarts (MAX_RESTARTS=10): not requeueing' in proc.stderr
 
 
 def test_local_engine_runs_one_after_another_and_skips_done(tmp_path, fake_bin):
@@ -419,6 +430,55 @@ def test_tpu_vm_runs_main_on_every_worker(tmp_path, fake_bin):
       'python': ['-u', '-m', 'alexnet_jax.main', '--config=configs/ilsvrc.py',
                  *flags],
       'cwd': str(home / 'alexnet_jax'), 'has_main': True}
+
+
+@pytest.mark.parametrize('statuses,max_restarts,want_rc,runs', [
+    ([75, 137, 0], None, 0, 3),  # stopped, killed, then finished
+    ([75], '2', 75, 3),          # always 75: the first run and 2 restarts
+    ([1], None, 1, 1)])          # an error: no restart
+def test_tpu_vm_worker_restarts_main_a_bounded_number_of_times(
+    tmp_path, fake_bin, statuses, max_restarts, want_rc, runs):
+  bin_dir, log = fake_bin
+  venv = tmp_path / 'venv'
+  (venv / 'bin').mkdir(parents=True)
+  shutil.copy(f'{ROOT}/requirements.txt', venv)  # the environment exists
+  _stub(str(venv / 'bin'), 'python', f'''\
+      log(argv)
+      statuses = {statuses!r}
+      with open(os.environ['STUB_LOG']) as f:
+        n = len(f.readlines())
+      sys.exit(statuses[min(n, len(statuses)) - 1])
+      ''')
+  env = _env(STUB_LOG=log, VENV=str(venv), RESTART_DELAY_S='0')
+  env.pop('MAX_RESTARTS', None)
+  if max_restarts:
+    env['MAX_RESTARTS'] = max_restarts
+  proc = subprocess.run(['bash', 'launch/tpu_vm_worker.sh', '--workdir=gs://b/r'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert proc.returncode == want_rc, proc.stderr
+  assert _records(log) == [['-u', '-m', 'alexnet_jax.main', '--workdir=gs://b/r']] * runs
+
+
+def test_tpu_vm_worker_passes_a_signal_to_main_and_does_not_restart(tmp_path, fake_bin):
+  bin_dir, log = fake_bin
+  venv = tmp_path / 'venv'
+  (venv / 'bin').mkdir(parents=True)
+  shutil.copy(f'{ROOT}/requirements.txt', venv)
+  _stub(str(venv / 'bin'), 'python', '''\
+      import signal, time
+      signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))  # as main: save, exit 75
+      log(argv)
+      time.sleep(30)
+      ''')
+  proc = subprocess.Popen(['bash', 'launch/tpu_vm_worker.sh'], cwd=ROOT,
+                          env=_env(STUB_LOG=log, VENV=str(venv), RESTART_DELAY_S='0'))
+  for _ in range(200):
+    if _records(log):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=20) == 75
+  assert len(_records(log)) == 1
 
 
 def test_tpu_vm_refuses_a_local_workdir():
