@@ -37,7 +37,6 @@ On a GPU the defaults become batches 128, 256, 512 in float32 and bfloat16
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics

@@ -12,7 +12,7 @@ import pytest
 
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import train
-from tests.test_faults import STEPS, assert_state_equal, cfg, compilation_cache, steps_of  # pylint: disable=unused-import
+from tests.test_faults import STEPS, assert_state_equal, cfg, steps_of
 
 
 def reference_checksum(x: np.ndarray) -> str:

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests import ilsvrc_fixtures as fx
-from tests.test_prepare import CLASSES, R, ROOT, _config, _write_folder
+from tests.test_prepare import R, ROOT, _config, _write_folder
 
 from alexnet_jax import prepare
 

@@ -5,7 +5,6 @@ process; the tests query them against independent references (the model
 applied by hand, NumPy averages).
 """
 
-import functools
 import json
 import os
 import subprocess
