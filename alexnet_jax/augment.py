@@ -78,6 +78,14 @@ def num_eval_crops(flip: bool) -> int:
   return 10 if flip else 5
 
 
+def crop_name(ten_crop: bool, flip: bool) -> str:
+  """What an evaluation averaged over (section 4.1: ten patches with reflections),
+  as the training run's evaluation lines and the tools name it."""
+  if not ten_crop:
+    return 'centre crop'
+  return '10-crop' if flip else '5-crop (no reflections)'
+
+
 def _mean_at(mean: jax.Array, offset: jax.Array, size: int) -> jax.Array:
   """mean (R, R, 3) cut at offset (2,) int -> (size, size, 3); (1, 1, 3) as is."""
   if mean.shape[:2] == (1, 1):

@@ -34,10 +34,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from alexnet_jax import cli
+
 # torchvision.models.alexnet's state_dict prefixes -> our layer names.
 TORCHVISION_LAYERS = {'features.0': 'conv1', 'features.3': 'conv2', 'features.6': 'conv3',
                       'features.8': 'conv4', 'features.10': 'conv5', 'classifier.1': 'fc6',
                       'classifier.4': 'fc7', 'classifier.6': 'fc8'}
+
+
+@cli.user_error
+class MissingPackageError(RuntimeError):
+  """An optional package a source needs is not installed; the message says how."""
 
 
 # --------------------------------------------------------------------------
@@ -194,8 +201,11 @@ def load_source(source: str, path: str, bgr: bool = False) -> dict:
   if source == 'torchvision':
     try:
       import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError('Reading a .pth needs PyTorch: pip install -r requirements-dev.txt') from e
+    except ImportError:
+      raise MissingPackageError(
+          f'--source=torchvision reads {path} with PyTorch, which is not installed: '
+          'pip install -r requirements-dev.txt (the CPU-only wheel: add --index-url '
+          'https://download.pytorch.org/whl/cpu), then rerun.') from None
     state_dict = torch.load(path, map_location='cpu', weights_only=True)
     return torchvision_params(state_dict.get('state_dict', state_dict))
   if source == 'nchw':
@@ -223,7 +233,6 @@ def main(argv: Sequence[str]) -> None:
 
 def define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   cli.config_flag(None, 'The config the weights fit (configs/torchvision.py, configs/ilsvrc.py).')
   flags.DEFINE_enum('source', None, ['torchvision', 'nchw'], 'The format of --input.')
   flags.DEFINE_string('input', None, 'A .pth (torchvision) or .npz (nchw) file.')
@@ -235,5 +244,4 @@ def define_flags():
 
 
 if __name__ == '__main__':
-  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, define_flags, results_only=True, config_default=None)

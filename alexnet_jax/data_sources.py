@@ -413,11 +413,19 @@ def _manual_dir(spec) -> str:
   return spec.manual_dir or os.path.join(tfds_data_dir(spec), 'downloads', 'manual')
 
 
+# The config that reads each tfds dataset (configs/*.py), and its dataset.name.
+_CONFIG_OF = {'imagenet2012': ('configs/ilsvrc.py', 'imagenet2012'),
+              'imagenette': ('configs/imagenette.py', 'imagenette/full-size-v2'),
+              'cifar10': ('configs/cifar10.py', 'cifar10')}
+
+
 def tfds_build_command(spec) -> str:
-  """The project command that prepares tfds dataset spec.name (no apache_beam needed)."""
+  """The project command that prepares tfds dataset spec.name (no apache_beam
+  needed), with the config that reads it (configs/imagenette.py for imagenette)."""
   name = spec.name.split(':')[0]
-  command = 'python -m alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build'
-  if name != 'imagenet2012':
+  config, config_name = _CONFIG_OF.get(name.split('/')[0], ('configs/ilsvrc.py', 'imagenet2012'))
+  command = f'python -m alexnet_jax.prepare --config={config} --tfds_build'
+  if spec.name != config_name:
     command += f' --config.dataset.name={spec.name}'
   command += f' --config.dataset.data_dir={tfds_data_dir(spec)}'
   if name == 'imagenet2012' or spec.manual_dir:
@@ -459,30 +467,69 @@ def _tfds_builder(spec):
     raise DatasetNotFoundError(f'tfds has no dataset {spec.name!r}: {e}') from e
 
 
+class _UrlRecorder:
+  """A stand-in for tfds' DownloadManager that records the URLs a builder asks
+  for, then stops it (`_Recorded`)."""
+
+  class Recorded(Exception):
+    pass
+
+  def __init__(self):
+    self.urls = []
+
+  def _record(self, tree):
+    if isinstance(tree, dict):
+      tree = list(tree.values())
+    for url in tree if isinstance(tree, (list, tuple)) else [tree]:
+      self.urls.append(str(getattr(url, 'url', url)))
+    raise self.Recorded()
+
+  download = download_and_extract = _record
+
+
+def needed_urls(builder) -> list:
+  """The URLs of the files builder's config downloads: those its split
+  generators ask the download manager for (imagenette/full-size-v2:
+  imagenette2.tgz only, not the other five of its checksums file); all its
+  registered URLs if they cannot be told."""
+  recorder = _UrlRecorder()
+  try:
+    builder._split_generators(recorder)  # pylint: disable=protected-access
+  except _UrlRecorder.Recorded:
+    pass
+  except Exception:  # pylint: disable=broad-except
+    recorder.urls = []
+  known = builder.url_infos or {}
+  return [u for u in recorder.urls if u in known] or sorted(known)
+
+
 def check_download_reachable(builder, spec, timeout: float = 5.0) -> None:
   """Fails in seconds, with the manual route, if tfds could not fetch spec.name.
 
-  Probes the hosts of the dataset's download URLs (its checksums file) with
-  one TCP connection each, instead of letting tfds retry for minutes offline.
-  Files already in the manual_dir are used by tfds without a download.
+  Probes the hosts of the files the dataset needs (`needed_urls`) with one TCP
+  connection each, instead of letting tfds retry for minutes offline. Files
+  already in the manual_dir are used by tfds without a download.
   """
   import socket  # pylint: disable=g-import-not-at-top
   import urllib.parse  # pylint: disable=g-import-not-at-top
-  urls = {u: i.filename for u, i in (builder.url_infos or {}).items()}
+  infos = builder.url_infos or {}
+  urls = needed_urls(builder)
+  files = {u: (infos[u].filename if u in infos else None) or os.path.basename(u) for u in urls}
   manual_dir = _manual_dir(spec)
-  if any(f and tf.io.gfile.exists(os.path.join(manual_dir, f)) for f in urls.values()):
+  if urls and all(tf.io.gfile.exists(os.path.join(manual_dir, f)) for f in files.values()):
     return
   for host, port in sorted({(p.hostname, p.port or (80 if p.scheme == 'http' else 443))
                             for p in map(urllib.parse.urlparse, urls)}):
     try:
       socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e:
-      listing = '\n'.join(f'       {u}' for u in sorted(urls))
+      size = lambda u: f' ({infos[u].size / 1e9:.2g} GB)' if u in infos and infos[u].size else ''
+      fetch = (f'the one file it needs, {urls[0]}{size(urls[0])},' if len(urls) == 1 else
+               'the files it needs,\n' + ''.join(f'       {u}{size(u)}\n' for u in urls) + '    ')
       raise DatasetNotFoundError(
           f'Could not download tfds dataset {spec.name!r}: {host}:{port} is not '
           f'reachable ({type(e).__name__}: {e}). Prepare it by hand, either:\n'
-          f'  1. fetch its file (tfds reads the one it needs from manual_dir) '
-          f'from\n{listing}\n'
+          f'  1. fetch {fetch}\n'
           f'     into {manual_dir} (config.dataset.manual_dir) and rerun, or\n'
           f'  2. on a machine with network run: {tfds_build_command(spec)}\n'
           f'     then copy {tfds_data_dir(spec)} here and pass '
@@ -619,6 +666,25 @@ def source_name(config) -> str:
         f'{source!r} would ignore it. To read it pass --config.dataset.source='
         'prepared (or auto); otherwise unset dataset.prepared_dir.')
   return source
+
+
+def describe(config) -> str:
+  """The data config.dataset reads, in words for logs and files: 'tfds
+  imagenet2012', 'folder /data/pets', 'prepared /data/256 (from folder
+  /data/pets)', 'digits'."""
+  ds, name = config.dataset, source_name(config)
+  if name == 'tfds':
+    return f'tfds {ds.name}'
+  if name == 'folder':
+    return f'folder {os.path.abspath(ds.folder)}'
+  if name == 'prepared':
+    try:
+      origin = read_manifest(ds.prepared_dir)['source']
+    except (OSError, KeyError, ValueError, tf.errors.OpError):
+      return f'prepared {ds.prepared_dir}'
+    what = ' '.join(str(origin.get(k)) for k in ('source', 'name', 'folder') if origin.get(k))
+    return f'prepared {ds.prepared_dir} (from {what})'
+  return name
 
 
 def for_config(config) -> Source:

@@ -22,7 +22,9 @@ from absl import flags
 import numpy as np
 
 from alexnet_jax import cli
+from alexnet_jax import augment
 from alexnet_jax import predict
+from alexnet_jax import progress
 from alexnet_jax import steps
 
 RESULT = 'ensemble.json'
@@ -40,7 +42,7 @@ def _error_rates(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
   return float(np.mean(np.asarray(top1, np.float64))), float(np.mean(np.asarray(top5, np.float64)))
 
 
-def _member_probs(run: predict.Run, ten_crop: bool, batch_size: int):
+def _member_probs(run: predict.Run, ten_crop: bool, batch_size: int, meter: progress.Meter):
   """(probs (N, K), labels (N,)) over the run's eval split, each image once."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   probs, labels = [], []
@@ -50,6 +52,7 @@ def _member_probs(run: predict.Run, ten_crop: bool, batch_size: int):
     p = predict.probabilities(run, batch['image'], ten_crop, batch_size)
     probs.append(p[mask])
     labels.append(batch['label'][mask])
+    meter.update(int(mask.sum()))
   return np.concatenate(probs), np.concatenate(labels)
 
 
@@ -65,9 +68,12 @@ def evaluate(workdirs: Sequence[str], *, checkpoint: str = 'latest', ten_crop: b
     if other != data:
       raise ValueError(f'{run.workdir} evaluates on {other}, {runs[0].workdir} on {data}: '
                        'an ensemble needs one dataset.')
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  num_eval = input_pipeline.resolve(runs[0].config).info.num_eval
+  meter = progress.Meter('ensemble', len(runs) * num_eval, 'images')
   total, labels, members = None, None, []
   for run in runs:
-    probs, y = _member_probs(run, ten_crop, batch_size)
+    probs, y = _member_probs(run, ten_crop, batch_size, meter)
     if labels is not None and not np.array_equal(y, labels):
       raise ValueError(f'{run.workdir} reads its eval images in another order.')
     labels = y
@@ -88,8 +94,7 @@ def markdown(result: dict) -> str:
   """Members, their mean, the ensemble and the paper's Table 2 rows, in %."""
   pct = lambda x: f'{100 * x:.2f}'
   ms, ens = result['members'], result['ensemble']
-  n = result.get('num_crops', 1)
-  crops = f'{n} patches averaged' if result['crops'] == 'ten_crop' else 'centre crop'
+  crops = augment.crop_name(result['crops'] == 'ten_crop', result.get('num_crops', 10) == 10)
   lines = [f'Ensemble of {ens["models"]} ({crops}, '
            f'{result["num_images"]} images of {result["dataset"]["name"]} '
            f'{result["dataset"]["eval_split"]}; error %)', '',

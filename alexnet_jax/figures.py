@@ -10,7 +10,9 @@ fig1  Figure 1: the CIFAR-10 CNN (models.Figure1Net, cuda-convnet's layers-80sec
       training error vs epoch, the first epoch each reaches 25 percent and their ratio
       (the paper: ReLU six times faster). Trains D/relu and D/tanh (a rerun
       resumes them). --data=digits runs offline on scikit-learn's digits as a
-      stand-in; the figure and the printout say which data was used.
+      stand-in; the figure and the printout say which data was used. On
+      stderr: each run's start, its step lines (with that run's ETA) and a
+      `fig1: 1/2 runs | ... | ETA` line after each run.
 fig3  Figure 3: W's conv1 kernels, each contrast-stretched to [0, 1] on its own,
       the kernels of each tower (section 3.2) on their own rows.
 fig4  Figure 4: for the first --num_queries evaluation images, the top-5
@@ -27,9 +29,10 @@ import importlib.util
 import json
 import math
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
 
@@ -37,6 +40,7 @@ from alexnet_jax import augment
 from alexnet_jax import cli
 from alexnet_jax import models
 from alexnet_jax import predict
+from alexnet_jax import progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The last hidden layer of each model (the input of its classifier layer).
@@ -134,12 +138,15 @@ def _features_fn(model, pixel_scale: float):
   return jax.jit(features)
 
 
-def last_hidden(run: predict.Run, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+def last_hidden(run: predict.Run, images: np.ndarray, batch_size: int = 128,
+                meter: Optional[progress.Meter] = None) -> np.ndarray:
   """(N, D) activations of the last hidden layer (fc7 after ReLU) of uint8
-  (N, S, S, 3) centre crops, finished as the run's evaluation does (augment.eval_images)."""
+  (N, S, S, 3) centre crops, finished as the run's evaluation does (augment.eval_images).
+  `meter` counts the images done."""
   fn = _features_fn(run.model, run.pixel_scale)
-  return np.concatenate([np.asarray(fn(run.params, images[i:i + batch_size], run.stats))
-                         for i in range(0, len(images), batch_size)])
+  batches = (np.asarray(fn(run.params, images[i:i + batch_size], run.stats))
+             for i in range(0, len(images), batch_size))
+  return np.concatenate(list(meter.iterate(batches) if meter else batches))
 
 
 def centre_crop_config(config):
@@ -156,15 +163,21 @@ def centre_crop_config(config):
   return config
 
 
-def train_images(config, n: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def train_images(config, n: int, batch_size: int = 64,
+                 label: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
   """The first n training images of pass 0's order as uint8 (n, S, S, 3) centre
-  crops, with labels."""
+  crops, with labels. `label`: print progress lines under that name."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = centre_crop_config(config)
   n = min(n, input_pipeline.dataset_info(config).num_train)
   batch_size = min(batch_size, n)
   it = input_pipeline.train_iterator(input_pipeline.resolve(config), batch_size=batch_size)
-  batches = [next(it) for _ in range(n // batch_size)]
+  meter = progress.Meter(label, n // batch_size * batch_size) if label else None
+  batches = []
+  for _ in range(n // batch_size):
+    batches.append(next(it))
+    if meter:
+      meter.update(batch_size)
   return (np.concatenate([b['image'] for b in batches]),
           np.concatenate([b['label'] for b in batches]))
 
@@ -195,8 +208,10 @@ def fig4(workdir: str, output_dir: str, checkpoint: str = 'latest', num_queries:
   run = predict.load_run(workdir, checkpoint)
   names = run.class_names
   q_images, q_labels = eval_images(run.config, num_queries)
-  t_images, t_labels = train_images(run.config, num_train)
-  idx, dist = nearest(last_hidden(run, q_images), last_hidden(run, t_images), neighbours)
+  t_images, t_labels = train_images(run.config, num_train, label='fig4: reading training images')
+  features = last_hidden(run, t_images, meter=progress.Meter(
+      f'fig4: {LAST_HIDDEN[type(run.model).__name__]} of the training images', len(t_images)))
+  idx, dist = nearest(last_hidden(run, q_images), features, neighbours)
   tops = predict.top_k(predict.probabilities(run, q_images), names, 5)
   result = {'workdir': run.workdir, 'step': run.step, 'checkpoint': checkpoint,
             'layer': LAST_HIDDEN[type(run.model).__name__], 'train_images': len(t_images),
@@ -252,8 +267,10 @@ def _cifar10_stats(config, output_dir: str) -> str:
   from alexnet_jax import stats  # pylint: disable=g-import-not-at-top
   path = os.path.join(output_dir, f'cifar10_stats_{config.input.resize_size}.npz')
   if not os.path.exists(path):
-    stats.save(stats.compute(input_pipeline.stats_images(input_pipeline.resolve(config)),
-                             source='computed: cifar10 train'), path)
+    data = input_pipeline.resolve(config)
+    meter = progress.Meter('fig1: CIFAR-10 mean image', data.info.num_train)
+    stats.save(stats.compute(meter.iterate(input_pipeline.stats_images(data)),
+                             source=stats.computed_source(config)), path)
   return path
 
 
@@ -290,9 +307,14 @@ def fig1(output_dir: str, data: str = 'cifar10', epochs: float = 35,
   result = {'data': dataset, 'threshold': threshold, 'epochs': epochs, 'runs': {}}
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
-  for act, config in figure1_configs(data, epochs, learning_rates, output_dir).items():
+  configs = figure1_configs(data, epochs, learning_rates, output_dir)
+  meter = progress.Meter('fig1', len(configs), 'runs', quiet_below_s=0)
+  for i, (act, config) in enumerate(configs.items()):
     workdir = os.path.join(output_dir, act)
+    meter.out(f'fig1: run {i + 1}/{len(configs)}, {act}, {epochs:g} epochs in {workdir} '
+              "(its step lines give that run's ETA)")
     train.train_and_evaluate(config, workdir)
+    meter.update(1)
     spe = input_pipeline.steps_per_epoch(input_pipeline.dataset_info(config).num_train,
                                          config.batch_size)
     curve = [(s / spe, v) for s, v in report.read_scalars(workdir)['train_top1_error']]
@@ -365,6 +387,7 @@ def main(argv: Sequence[str]) -> None:
       print(f'eval {i} (label {q["label"]}): top-5 {top}\n  nearest {r["layer"]}: {near}')
     print(f'Wrote {r["png"]} and fig4.json ({r["train_images"]} training images searched)')
   else:
+    logging.set_verbosity(logging.INFO)  # the training loop's step lines: progress, ETA
     r = fig1(f.output_dir, f.data, f.epochs, {'relu': f.relu_lr, 'tanh': f.tanh_lr})
     print(format_fig1(r))
     print(f'Wrote {r["png"]} and fig1.json')

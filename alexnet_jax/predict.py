@@ -25,7 +25,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import flags
 import jax
@@ -36,6 +36,7 @@ from alexnet_jax import augment
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import cli
 from alexnet_jax import models
+from alexnet_jax import progress
 from alexnet_jax import stats as stats_lib
 from alexnet_jax import steps
 
@@ -130,9 +131,11 @@ def list_images(paths: Sequence[str]) -> list:
   return files
 
 
-def read_images(config, files: Sequence[str], ten_crop: bool) -> tuple[list, dict]:
+def read_images(config, files: Sequence[str], ten_crop: bool,
+                meter: Optional[progress.Meter] = None) -> tuple[list, dict]:
   """([uint8 image per readable file], {file: why it is unreadable}): each
-  file as `eval_images` prepares it; an unreadable one does not stop the rest."""
+  file as `eval_images` prepares it; an unreadable one does not stop the rest.
+  `meter` counts the files read."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax import preprocessing  # pylint: disable=g-import-not-at-top
@@ -144,6 +147,8 @@ def read_images(config, files: Sequence[str], ten_crop: bool) -> tuple[list, dic
     except tf.errors.OpError as e:
       reason = re.sub(r'\{\{[^}]*\}\}\s*', '', e.message or '').split(' [Op:')[0].strip()
       errors[f] = f'{f} is not a readable image ({type(e).__name__}: {reason[:200]}).'
+    if meter:
+      meter.update(1)
   return images, errors
 
 
@@ -164,13 +169,14 @@ def _probs_fn(model, num_crops: int, pixel_scale: float):
 
 
 def probabilities(run: Run, images: np.ndarray, ten_crop: bool = False,
-                  batch_size: int = 64) -> np.ndarray:
+                  batch_size: int = 64, meter: Optional[progress.Meter] = None) -> np.ndarray:
   """(N, K) softmax of `eval_images` output (the eval pipeline's uint8 images),
   averaged over the run's ten (five) patches with ten_crop: steps.eval_probs,
-  the function the run's own evaluation used."""
+  the function the run's own evaluation used. `meter` counts the images done."""
   fn = _probs_fn(run.model, run.num_crops(ten_crop), run.pixel_scale)
-  return np.concatenate([np.asarray(fn(run.params, images[i:i + batch_size], run.stats))
-                         for i in range(0, len(images), batch_size)])
+  batches = (np.asarray(fn(run.params, images[i:i + batch_size], run.stats))
+             for i in range(0, len(images), batch_size))
+  return np.concatenate(list(meter.iterate(batches) if meter else batches))
 
 
 def top_k(probs: np.ndarray, names: Sequence[str], k: int = 5) -> list:
@@ -199,13 +205,16 @@ def predict(workdir: str, paths: Sequence[str], *, checkpoint: str = 'latest',
   message) and left out of 'files' and 'predictions', the rest predicted."""
   run = load_run(workdir, checkpoint)
   every = list_images(paths)
-  images, errors = read_images(run.config, every, ten_crop)
+  images, errors = read_images(run.config, every, ten_crop,
+                               progress.Meter('predict: reading', len(every)))
   files = [f for f in every if f not in errors]
-  tops = (top_k(probabilities(run, np.stack(images), ten_crop), run.class_names, k)
-          if images else [])
+  tops = (top_k(probabilities(run, np.stack(images), ten_crop,
+                              meter=progress.Meter('predict: classifying', len(images))),
+                run.class_names, k) if images else [])
   text = format_predictions(files, tops, errors, every)
   return {'workdir': run.workdir, 'checkpoint': checkpoint, 'step': run.step,
-          'crops': 'ten_crop' if ten_crop else 'centre', 'files': files,
+          'crops': 'ten_crop' if ten_crop else 'centre', 'num_crops': run.num_crops(ten_crop),
+          'crop_name': augment.crop_name(ten_crop, run.config.input.flip), 'files': files,
           'predictions': [[{'class': c, 'name': n, 'probability': p} for c, n, p in t]
                           for t in tops],
           'errors': [{'file': f, 'error': e} for f, e in errors.items()],
@@ -216,7 +225,8 @@ def define_flags():
   cli.workdir_flag('A training run (or alexnet_jax.convert output).', required=True)
   cli.checkpoint_flag()
   flags.DEFINE_bool('ten_crop', False, "Average the softmax over the paper's ten "
-                    'patches (section 4.1) instead of the centre crop.')
+                    'patches (section 4.1; five, without reflections, for a run that '
+                    'trained without them) instead of the centre crop.')
   flags.DEFINE_integer('top_k', 5, 'Classes to list per image.')
   cli.output_dir_flag('Also write OUTPUT_DIR/predictions.json.')
 
@@ -224,8 +234,8 @@ def define_flags():
 def main(argv: Sequence[str]) -> None:
   result = predict(flags.FLAGS.workdir, argv[1:], checkpoint=flags.FLAGS.checkpoint,
                    ten_crop=flags.FLAGS.ten_crop, k=flags.FLAGS.top_k)
-  crops = 'ten patches averaged' if result['crops'] == 'ten_crop' else 'centre crop'
-  print(f'{result["workdir"]} step {result["step"]} ({result["checkpoint"]}), {crops}:')
+  print(f'{result["workdir"]} step {result["step"]} ({result["checkpoint"]}), '
+        f'{result["crop_name"]}:')
   print(result.pop('text'))
   if flags.FLAGS.output_dir:
     os.makedirs(flags.FLAGS.output_dir, exist_ok=True)

@@ -50,6 +50,7 @@ from absl import flags
 from absl import logging
 
 from alexnet_jax import cli
+from alexnet_jax import progress
 
 FORMAT = 'alexnet_jax.prepared/1'
 PLAN = 'prepare.json'
@@ -192,11 +193,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_init(parent: int) -> None:
-  """A spawned worker: dies with its parent; TensorFlow quiet, on one thread,
-  no accelerator."""
+  """A spawned worker: dies with its parent; TensorFlow on one thread, no
+  accelerator, and imported without its C++ start-up lines (the spawned
+  interpreter did not import it through alexnet_jax/__init__.py as `python -m`
+  does; oneDNN stays as it is, so the images are the same bytes)."""
   _die_with_parent(parent)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = cli.import_tensorflow_quietly()
   tf.config.set_visible_devices([], 'GPU')
   tf.config.threading.set_inter_op_parallelism_threads(1)
   tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -211,27 +214,6 @@ def _worker(task) -> dict:
 # --------------------------------------------------------------------------
 
 
-class Progress:
-  """'train: 3,072/12,000 images (3/12 shards), 812 img/s, ETA 0:00:11' lines."""
-
-  def __init__(self, total: int, shards: int, done: int, done_shards: int,
-               label: str, out: Callable[[str], None], every_s: float = 5.0):
-    self.total, self.shards, self.done, self.done_shards = total, shards, done, done_shards
-    self.label, self.out, self.every_s = label, out, every_s
-    self.start, self.start_done, self.last = time.monotonic(), done, 0.0
-
-  def update(self, images: int, force: bool = False) -> None:
-    self.done += images
-    self.done_shards += 1
-    now = time.monotonic()
-    if not force and now - self.last < self.every_s and self.done_shards < self.shards:
-      return
-    self.last = now
-    rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
-    left = (self.total - self.done) / rate if rate > 0 else float('inf')
-    eta = time.strftime('%H:%M:%S', time.gmtime(left)) if left < 1e7 else '?'
-    self.out(f'{self.label}: {self.done:,}/{self.total:,} images ({self.done_shards}/'
-             f'{self.shards} shards), {rate:,.0f} img/s, ETA {eta}')
 
 
 def plan(config, splits: Sequence[str], settings: Settings) -> dict:
@@ -338,7 +320,9 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
       f'{settings.resize_size}x{settings.resize_size}, '
       f'{"PNG" if settings.encoding == "png" else f"JPEG quality {settings.jpeg_quality}"}, '
       f'{min(workers, max(len(tasks), 1))} worker(s); {len(done)} shard(s) already complete.')
-  progress = Progress(total, len(tasks) + len(done), finished, len(done), 'prepare', out)
+  meter = progress.Meter('prepare', total, 'images', done=finished, every_s=5.0,
+                         quiet_below_s=0.0, out=out)
+  shards, done_shards = len(tasks) + len(done), len(done)
   if tasks:
     if workers == 1 or len(tasks) == 1:
       results = (write_shard(*t) for t in tasks)
@@ -353,7 +337,8 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
         if r['corrupt']:
           for name in r['corrupt']:
             logging.warning('Could not decode %r; left out of the prepared data.', name)
-        progress.update(r['num_examples'] + len(r['corrupt']))
+        done_shards += 1
+        meter.update(r['num_examples'] + len(r['corrupt']), f' ({done_shards}/{shards} shards)')
     finally:
       if pool is not None:
         pool.terminate()

@@ -6,8 +6,9 @@ r"""Collects the final metrics of runs into a table beside the paper's numbers.
 Reads WORKDIR/final_metrics.json and WORKDIR/config.json of each run (local
 or gs:// paths). A WORKDIR holding no run but run subdirectories (a sweep's
 --workdir_root) stands for all of them. Writes PREFIX.md and PREFIX.csv
-(default: report.md / report.csv in the runs' common parent; `--out=-`
-prints only) and prints the Markdown table, followed by the ensembles (ensemble.json written by
+(default: report.md / report.csv inside the WORKDIR given, a run or a sweep's
+root; for several WORKDIRs, in their common parent; `--out=-` prints only)
+and prints the Markdown table, followed by the ensembles (ensemble.json written by
 alexnet_jax.ensemble) found in the WORKDIRs or one level below. Each run's
 learning curves (train and validation top-1 error vs epoch from its TensorBoard
 events, learning-rate drops marked) go to DIR/<run>.png (default PREFIX_curves).
@@ -31,6 +32,7 @@ from absl import flags
 from etils import epath
 
 from alexnet_jax import cli
+from alexnet_jax import progress
 from alexnet_jax import sweep as sweep_lib
 
 FLAGS = flags.FLAGS
@@ -244,7 +246,12 @@ def to_csv(rows: Sequence[Row]) -> str:
   return out.getvalue()
 
 
-def default_out(rows: Sequence[Row]) -> str:
+def default_out(workdirs: Sequence[str], rows: Sequence[Row]) -> str:
+  """PREFIX of the files written without --out: inside the one WORKDIR given (a
+  run or a sweep's root: ROOT/report.md, ROOT/report_curves/); for several,
+  inside their common parent."""
+  if len(workdirs) == 1:
+    return workdirs[0].rstrip('/') + '/report'
   parents = {os.path.dirname(r.workdir.rstrip('/')) for r in rows}
   parent = parents.pop() if len(parents) == 1 else '.'
   return parent.rstrip('/') + '/report'
@@ -377,22 +384,24 @@ def define_flags():
       'curves_dir', None, 'Writes one learning-curve PNG per run here; default: '
       "<OUT>_curves ('-': none).")
   flags.DEFINE_string(
-      'out', None, 'Writes OUT.md and OUT.csv; default: <common parent>/report; '
-      "'-': print only.")
+      'out', None, 'Writes OUT.md and OUT.csv; default: WORKDIR/report (several '
+      "WORKDIRs: <their common parent>/report); '-': print only.")
 
 
 def main(argv: Sequence[str]) -> None:
   rows = build(argv[1:], FLAGS.baseline, FLAGS.sweep or None)
   table = markdown(rows) + ensembles_markdown(argv[1:])
   print(table, end='')
-  out = FLAGS.out or default_out(rows)
+  out = FLAGS.out or default_out(argv[1:], rows)
   if out != '-':
     epath.Path(out + '.md').write_text(table)
     epath.Path(out + '.csv').write_text(to_csv(rows))
     print(f'\nWrote {out}.md and {out}.csv')
   curves_dir = FLAGS.curves_dir or (None if out == '-' else out + '_curves')
   if curves_dir and curves_dir != '-':
-    written = [p for r in rows if (p := plot_curves(r, os.path.join(curves_dir, f'{r.name}.png')))]
+    meter = progress.Meter('report: learning curves', len(rows), 'runs')
+    written = [p for r in meter.iterate(rows, lambda _: 1)
+               if (p := plot_curves(r, os.path.join(curves_dir, f'{r.name}.png')))]
     print(f'Wrote {len(written)} learning curves to {curves_dir}/' if written
           else 'No TensorBoard events: no learning curves.')
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from alexnet_jax import augment
 from alexnet_jax import cli
+from alexnet_jax import progress
 
 MEAN_MODES = ('image', 'channel', 'none')  # config.input.mean
 
@@ -132,10 +133,18 @@ def for_config(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = No
           f'but config.input.resize_size={r}; recompute it with alexnet_jax.stats.')
     return stats
   if config.dataset.source == 'digits' and images is not None:
-    return compute(images(), source='computed: digits train split')
+    return compute(images(), source=computed_source(config))
   logging.warning('config.input.stats_path is not set: using the published ImageNet '
                   'mean and PCA constants (run `python -m alexnet_jax.stats`).')
   return published(config)
+
+
+def computed_source(config, split: Optional[str] = None) -> str:
+  """Stats.source of statistics computed from config's training images: the
+  source actually read ('computed: folder /data/pets, split train')."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  return (f'computed: {data_sources.describe(config)}, '
+          f'split {split or config.dataset.train_split}')
 
 
 def check_config(config) -> None:
@@ -197,12 +206,14 @@ def main(argv) -> None:
   tf.config.experimental.set_visible_devices([], 'GPU')
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config, output = flags.FLAGS.config, flags.FLAGS.output
-  n: Optional[int] = flags.FLAGS.num_images if flags.FLAGS.num_images > 0 else None
-  stats = compute(input_pipeline.stats_images(input_pipeline.resolve(config), num_images=n),
-                  source=f'computed: {config.dataset.name} {config.dataset.train_split}')
+  data = input_pipeline.resolve(config)
+  n = min(flags.FLAGS.num_images, data.info.num_train) if flags.FLAGS.num_images > 0 else None
+  meter = progress.Meter('stats', n or data.info.num_train, 'images')
+  stats = compute(meter.iterate(input_pipeline.stats_images(data, num_images=n)),
+                  source=computed_source(config, data.source.train_split))
   save(stats, output)
-  logging.info('Wrote %s: %d images; channel mean %s; PCA eigenvalues %s; '
-               'eigenvectors (columns)\n%s', output, stats.num_images,
+  logging.info('Wrote %s: %d images, %s; channel mean %s; PCA eigenvalues %s; '
+               'eigenvectors (columns)\n%s', output, stats.num_images, stats.source,
                np.round(stats.channel_mean, 2), stats.eigval, stats.eigvec)
 
 

@@ -46,6 +46,7 @@ from alexnet_jax import models
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
 from alexnet_jax import preemption
+from alexnet_jax import progress as progress_lib
 from alexnet_jax import resume_policy
 from alexnet_jax import stats as stats_lib
 from alexnet_jax import steps as steps_lib
@@ -242,13 +243,6 @@ def evaluate(run: Run, params: Any, ten_crop: bool) -> dict:
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
 
-def crop_name(ten_crop: bool, flip: bool) -> str:
-  """What an evaluation averaged over (section 4.1: ten patches with reflections)."""
-  if not ten_crop:
-    return 'centre crop'
-  return '10-crop' if flip else '5-crop (no reflections)'
-
-
 def run_evals(run: Run, params: Any, step: int, writer) -> dict:
   """The centre-crop evaluation, and the multi-crop one if config.eval.ten_crop."""
   results = {}
@@ -258,7 +252,7 @@ def run_evals(run: Run, params: Any, step: int, writer) -> dict:
     m = evaluate(run, params, ten)
     results.update({f'{prefix}_{k}': v for k, v in m.items() if k != 'count'})
     logging.info('step %d %s (%d images, %.1fs): loss %.4f, top-1 error %.2f%%, '
-                 'top-5 error %.2f%%', step, crop_name(ten, run.config.input.flip),
+                 'top-5 error %.2f%%', step, augment.crop_name(ten, run.config.input.flip),
                  m['count'], time.time() - t0, m['loss'], 100 * m['top1_error'],
                  100 * m['top5_error'])
   writer.write_scalars(step, results)
@@ -401,20 +395,13 @@ def check_alive(run: Run, step: int, window: list) -> None:
   raise DeadNetworkError(message)
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
-
-
 def log_train(run: Run, step: int, window: list, rate: float, writer) -> dict:
   """The window's mean train metrics: to TensorBoard and one console line."""
   metrics = {f'train_{k}': float(np.mean([m[k] for m in window])) for k in window[0]}
   metrics['train_images_per_second'] = rate
   writer.write_scalars(step, metrics)
   n, spe = run.num_steps, run.steps_per_epoch
-  eta = (n - step) * run.config.batch_size / max(rate, 1e-9)
+  eta = progress_lib.eta_seconds((n - step) * run.config.batch_size, rate)
   firing = {k[len('train_firing_'):]: v for k, v in metrics.items()
             if k.startswith('train_firing_')}
   lowest = (' | firing min %.0f%% (%s)' % (100 * min(firing.values()),
@@ -424,7 +411,7 @@ def log_train(run: Run, step: int, window: list, rate: float, writer) -> dict:
       '| lr %.2g%s | %.0f img/s | ETA %s', step, n, step / spe, 100 * step / n,
       metrics['train_loss'], 100 * metrics['train_top1_error'],
       100 * metrics['train_top5_error'], metrics['train_learning_rate'], lowest, rate,
-      _format_eta(eta))
+      progress_lib.format_eta(eta))
   return metrics
 
 

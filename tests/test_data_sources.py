@@ -36,6 +36,9 @@ def _offline(monkeypatch):
 ])
 def test_download_configs_offline_fail_in_seconds_with_the_manual_route(
     module, host, url, monkeypatch, tmp_path):
+  """The one file the configured builder needs (imagenette/full-size-v2:
+  imagenette2.tgz, not the five other sizes and versions), and the config's own
+  file in the command."""
   probed = _offline(monkeypatch)
   config = module.get_config()
   config.dataset.data_dir = str(tmp_path)
@@ -46,12 +49,14 @@ def test_download_configs_offline_fail_in_seconds_with_the_manual_route(
   assert probed == [(host, 443)]
   message = str(e.value)
   manual_dir = os.path.join(str(tmp_path), 'downloads', 'manual')
-  for part in (f'{host}:443 is not reachable', 'Network is unreachable', url,
+  config_file = f'configs/{module.__name__.split(".")[-1]}.py'
+  for part in (f'{host}:443 is not reachable', 'Network is unreachable',
+               f'fetch the one file it needs, {url} (',
                f'into {manual_dir} (config.dataset.manual_dir)',
-               'python -m alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build '
-               f'--config.dataset.name={config.dataset.name} '
-               f'--config.dataset.data_dir={tmp_path}', '--config.dataset.data_dir='):
+               f'python -m alexnet_jax.prepare --config={config_file} --tfds_build '
+               f'--config.dataset.data_dir={tmp_path}\n', '--config.dataset.data_dir='):
     assert part in message, part
+  assert message.count('https://') == 1 and 'ilsvrc' not in message, message
   assert 'Traceback' not in message
 
 
