@@ -195,9 +195,12 @@ def write_errno(exc: Optional[BaseException]) -> Optional[int]:
 
 
 class ErrorLog(pylogging.Filter):
-  """While a Checkpointer is open: orbax's ERROR records (the tracebacks of a
-  failed write, logged from its threads) go to WORKDIR/errors.log instead of
-  the console, where our one message (CheckpointWriteError) names the file.
+  """While a Checkpointer is open: orbax's and asyncio's ERROR records (the
+  tracebacks of a failed write, logged from their threads), uncaught thread
+  errors and unraisable exceptions (tensorstore's callbacks into a closed event
+  loop) go to WORKDIR/errors.log instead of the console, where our one message
+  (CheckpointWriteError) names the file. After a failed write this lasts until
+  the process exits: the library's late callbacks keep coming while it stops.
   `errno` is the first write errno found in them (WRITE_ERRORS)."""
 
   def __init__(self, workdir: epath.Path):
@@ -208,7 +211,8 @@ class ErrorLog(pylogging.Filter):
     self.written = False
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    if record.levelno < pylogging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname:
+    if record.levelno < pylogging.ERROR or not (
+        f'{os.sep}orbax{os.sep}' in record.pathname or record.name == 'asyncio'):
       return True
     text = pylogging.Formatter('%(asctime)s %(levelname)s %(pathname)s:%(lineno)d] '
                                '%(message)s').format(record)
@@ -239,14 +243,39 @@ class ErrorLog(pylogging.Filter):
     if not self.note(f'Uncaught error in thread {getattr(args.thread, "name", "?")}:\n{text}'):
       self._previous_hook(args)
 
+  def _unraisable(self, args) -> None:
+    text = ''.join(traceback.format_exception(args.exc_type, args.exc_value,
+                                              args.exc_traceback))
+    if not self.note(f'Unraisable error ({args.err_msg or "Exception ignored"} in '
+                     f'{args.object!r}):\n{text}'):
+      self._previous_unraisable(args)
+
+  _lingering: Optional['ErrorLog'] = None  # the last one whose write failed
+
   def __enter__(self):
+    if ErrorLog._lingering is not None:
+      ErrorLog._lingering._detach()
     logging.get_absl_logger().addFilter(self)
+    pylogging.getLogger('asyncio').addFilter(self)
     self._previous_hook, threading.excepthook = threading.excepthook, self._thread_error
+    self._previous_unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisable
     return self
 
   def __exit__(self, *exc):
+    if self.written:  # A write failed: its threads may report until the next one.
+      ErrorLog._lingering = self
+    else:
+      self._detach()
+
+  def _detach(self) -> None:
     logging.get_absl_logger().removeFilter(self)
-    threading.excepthook = self._previous_hook
+    pylogging.getLogger('asyncio').removeFilter(self)
+    if threading.excepthook == self._thread_error:
+      threading.excepthook = self._previous_hook
+    if sys.unraisablehook == self._unraisable:
+      sys.unraisablehook = self._previous_unraisable
+    if ErrorLog._lingering is self:
+      ErrorLog._lingering = None
 
 
 def _first_line(error: BaseException) -> str:

@@ -35,9 +35,9 @@ fi
 # ends the loop.
 max_restarts="${MAX_RESTARTS:-10}"
 child=""
-stopping=0
+signals=0
 forward() {  # Passes a signal on to main; no restart after it.
-  stopping=1
+  signals=$((signals + 1))
   if [[ -n "${child}" ]]; then kill -s "$1" "${child}" 2> /dev/null || true; fi
 }
 trap 'forward TERM' TERM
@@ -47,14 +47,17 @@ while true; do
   # In the background, so that the trap runs (and forwards) while main runs.
   "${venv}/bin/python" -u -m alexnet_jax.main "$@" &
   child=$!
-  status=0
-  wait "${child}" || status=$?
-  while kill -0 "${child}" 2> /dev/null; do  # wait returned for a trapped signal
+  while true; do
+    seen="${signals}"
     status=0
     wait "${child}" || status=$?
+    # A trapped signal makes wait return at once (status > 128) while main may
+    # still run, or has just exited: wait again for main's own status (bash
+    # keeps it for this pid until a wait returns it).
+    [[ "${signals}" != "${seen}" && "${status}" -gt 128 ]] || break
   done
   child=""
-  if [[ "${stopping}" == 1 || ("${status}" != 75 && "${status}" != 137) ]]; then
+  if [[ "${signals}" != 0 || ("${status}" != 75 && "${status}" != 137) ]]; then
     exit "${status}"
   fi
   if ((restarts >= max_restarts)); then
