@@ -305,6 +305,9 @@ def run(main: Callable[[Sequence[str]], Any], define_flags: Optional[Callable[[]
            'see --help).', USAGE_STATUS)
     if args is not None and not optional_args and len(argv) < 2:
       fail(f'Give {args}; see --help.', USAGE_STATUS)
+    # Now, not at the tool's import: a mistaken flag or --help is answered in a
+    # second, and TensorFlow's C++ start-up lines are dropped from every command.
+    import_tensorflow_quietly()
     try:
       status = guarded(main)(argv)
     except SystemExit as e:

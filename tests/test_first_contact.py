@@ -117,14 +117,28 @@ def test_meter_is_quiet_for_short_jobs_and_gives_an_eta_for_long_ones(monkeypatc
 
 @pytest.mark.slow
 def test_fig1_shows_its_runs_and_their_step_lines_with_an_eta(tmp_path):
-  """Was: 5 minutes without a line (the results-only console hid the loop's lines)."""
-  out = _tool('figures', 'fig1', '--data=digits', '--epochs=1', f'--output_dir={tmp_path}')
+  """Was: 5 minutes without a line (the results-only console hid the loop's lines).
+  Also what fig1 finds: which data, each run's curve, its config and the epoch
+  at which its training error first reaches 25%."""
+  from alexnet_jax import figures, predict  # pylint: disable=g-import-not-at-top
+  out = _tool('figures', 'fig1', '--data=digits', '--epochs=2', f'--output_dir={tmp_path}')
   assert out.returncode == 0, out.stderr
   err = out.stderr
-  assert 'fig1: run 1/2, relu, 1 epochs' in err and 'fig1: run 2/2, tanh' in err, err
-  assert re.search(r'step (\d+)/\1 \(epoch 1\.00.*\| ETA 0m00s', err), err
+  assert 'fig1: run 1/2, relu, 2 epochs' in err and 'fig1: run 2/2, tanh' in err, err
+  assert re.search(r'step (\d+)/\1 \(epoch 2\.00.*\| ETA 0m00s', err), err
   assert re.search(r'fig1: 1/2 runs \| .* \| ETA \d+m\d\ds', err), err
   assert 'Figure 1 data: scikit-learn digits' in out.stdout
+  with open(tmp_path / 'fig1.json') as f:
+    result = json.load(f)
+  assert 'digits' in result['data'] and 'stand-in' in result['data']
+  for act in ('relu', 'tanh'):
+    run = result['runs'][act]
+    assert [e for e, _ in run['curve']] == [1.0, 2.0]
+    assert run['epoch_to_threshold'] == figures.first_epoch_below(run['curve'], 0.25)
+    config = predict.load_config(run['workdir'])
+    assert config.model.name == 'figure1' and config.model.activation == act
+    assert config.optimizer.weight_decay == 0 and config.input.mean == 'image'
+  assert os.path.getsize(tmp_path / 'fig1.png') > 5000
 
 
 # ------------------------------------- item 6: convert --source=torchvision, no torch

@@ -289,21 +289,11 @@ def test_fig4_neighbours_are_nearest_in_fc7_after_relu(runs, tmp_path):
   assert os.path.getsize(result['png']) > 5000
 
 
-def test_fig1_on_digits_says_which_data_and_finds_the_25_percent_epoch(tmp_path):
+def test_first_epoch_below():
+  """fig1's reading of a curve (the whole command: test_first_contact.py)."""
   from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
   assert figures.first_epoch_below([(1, 0.5), (2, 0.25), (3, 0.1)], 0.25) == 2
   assert figures.first_epoch_below([(1, 0.5)], 0.25) is None
-  result = figures.fig1(str(tmp_path), data='digits', epochs=2, threshold=0.9)
-  assert 'digits' in result['data'] and 'stand-in' in result['data']
-  for act in ('relu', 'tanh'):
-    run = result['runs'][act]
-    assert [e for e, _ in run['curve']] == [1.0, 2.0]
-    assert run['epoch_to_threshold'] == figures.first_epoch_below(run['curve'], 0.9)
-    config = predict.load_config(run['workdir'])
-    assert config.model.name == 'figure1' and config.model.activation == act
-    assert config.optimizer.weight_decay == 0 and config.input.mean == 'image'
-  assert 'Figure 1 data: scikit-learn digits' in figures.format_fig1(result)
-  assert os.path.exists(tmp_path / 'fig1.png') and os.path.exists(tmp_path / 'fig1.json')
 
 
 @pytest.mark.parametrize('module,flag', [('predict', '--ten_crop'), ('figures', '--train_images'),
