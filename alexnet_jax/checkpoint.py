@@ -411,15 +411,19 @@ class Checkpointer:
       raise self._write_error(manager, step, code, e) from None
 
   def _remove_partial(self, manager) -> None:
-    """Removes temporary (uncommitted) step directories; the other writes of a
-    failed save may still be finishing, so it retries briefly."""
-    for _ in range(10):
+    """Removes temporary (uncommitted) step directories. The other writes of a
+    failed save may still be finishing (tensorstore's, which recreate their
+    folders), so it removes until none has come back for 0.25 s (at most ~5 s)."""
+    for _ in range(20):
       try:
-        for tmp in manager.directory.glob(f'*{TMP_SUFFIX}*'):
+        tmps = list(manager.directory.glob(f'*{TMP_SUFFIX}*'))
+        for tmp in tmps:
           tmp.rmtree(missing_ok=True)
-        return
       except OSError:
-        time.sleep(0.2)
+        tmps = [None]  # still being written to: again
+      if not tmps:  # none left, none came back
+        return
+      time.sleep(0.25)
 
   def _write_error(self, manager, step, code: Optional[int],
                    error: Optional[BaseException] = None) -> CheckpointWriteError:
