@@ -68,11 +68,3 @@ def pytest_unconfigure(config):
   if os.environ.get('ALEXNET_JAX_TEST_CACHE_OWNER') == str(os.getpid()):
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
-
-def pytest_collection_modifyitems(config, items):
-  """The files with tests marked slow first, each kept whole and in order (its
-  module fixtures are made once): with `-n 2` the short files then fill both
-  workers to the end, instead of one worker finishing a long test alone."""
-  del config
-  slow_files = {item.path for item in items if item.get_closest_marker('slow')}
-  items.sort(key=lambda item: item.path not in slow_files)
