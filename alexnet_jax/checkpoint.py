@@ -199,8 +199,9 @@ class ErrorLog(pylogging.Filter):
   tracebacks of a failed write, logged from their threads), uncaught thread
   errors and unraisable exceptions (tensorstore's callbacks into a closed event
   loop) go to WORKDIR/errors.log instead of the console, where our one message
-  (CheckpointWriteError) names the file. After a failed write this lasts until
-  the process exits: the library's late callbacks keep coming while it stops.
+  (CheckpointWriteError) names the file. After a failed write this lasts past
+  close(), until the next ErrorLog opens: the library's late callbacks keep
+  coming while the process stops.
   `errno` is the first write errno found in them (WRITE_ERRORS)."""
 
   def __init__(self, workdir: epath.Path):
@@ -235,19 +236,23 @@ class ErrorLog(pylogging.Filter):
         continue  # e.g. the workdir is read-only: the temporary directory.
     return False
 
+  def _note_error(self, header: str, args) -> bool:
+    """An error hook's report (`args`: exc_type, exc_value, exc_traceback) in
+    the log, under `header`; whether it was written."""
+    text = ''.join(traceback.format_exception(args.exc_type, args.exc_value,
+                                              args.exc_traceback))
+    return self.note(f'{header}:\n{text}')
+
   def _thread_error(self, args) -> None:
     """Uncaught errors of orbax's and tensorstore's threads (e.g. asyncio's
     "Event loop is closed" after a failed write) go to the log too."""
-    text = ''.join(traceback.format_exception(args.exc_type, args.exc_value,
-                                              args.exc_traceback))
-    if not self.note(f'Uncaught error in thread {getattr(args.thread, "name", "?")}:\n{text}'):
+    if not self._note_error(f'Uncaught error in thread {getattr(args.thread, "name", "?")}', args):
       self._previous_hook(args)
 
   def _unraisable(self, args) -> None:
-    text = ''.join(traceback.format_exception(args.exc_type, args.exc_value,
-                                              args.exc_traceback))
-    if not self.note(f'Unraisable error ({args.err_msg or "Exception ignored"} in '
-                     f'{args.object!r}):\n{text}'):
+    """So do unraisable ones (tensorstore's callbacks into a closed loop)."""
+    if not self._note_error(f'Unraisable error ({args.err_msg or "Exception ignored"} in '
+                            f'{args.object!r})', args):
       self._previous_unraisable(args)
 
   _lingering: Optional['ErrorLog'] = None  # the last one whose write failed

@@ -41,8 +41,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> None
 
 def main(argv) -> None:
   del argv
-  # Keep TensorFlow (the input pipeline) off the accelerators JAX uses.
-  tf = cli.import_tensorflow_quietly()
+  # Keep TensorFlow (the input pipeline) off the accelerators JAX uses. (cli.run
+  # has imported it, quietly.)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.experimental.set_visible_devices([], 'GPU')
   tf.config.experimental.set_visible_devices([], 'TPU')
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top

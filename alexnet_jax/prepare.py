@@ -214,8 +214,6 @@ def _worker(task) -> dict:
 # --------------------------------------------------------------------------
 
 
-
-
 def plan(config, splits: Sequence[str], settings: Settings) -> dict:
   """What prepare will write; raises DatasetNotFoundError / PrepareError first."""
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
