@@ -14,7 +14,8 @@ traceback (alexnet_jax/cli.py).
 Exit status: 0 finished; 75 (EX_TEMPFAIL, preemption.PREEMPTED_EXIT_CODE)
 stopped with nothing unsaved lost, rerun the same command to resume: by
 SIGTERM/SIGINT at any moment (a checkpoint saved if one was due), a lost
-process of a multi-process run, or no progress for config.watchdog_minutes;
+process of a multi-process run, or no progress for config.watchdog_minutes
+(alexnet_jax/supervisor.py);
 2 a config, flag or workdir problem; 1 any other error, with its message on
 stderr.
 """
@@ -52,8 +53,12 @@ def main(argv) -> None:
   train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
-if __name__ == '__main__':
-  # Before the heavy imports in main() (with -m, alexnet_jax/__init__.py did so
-  # before importing TensorFlow): SIGTERM/SIGINT exit 75 with one line.
+def run() -> None:
+  """The command: SIGTERM/SIGINT exit 75 with one line from here on, before
+  TensorFlow's import (cli.run) and the rest (preemption.exit_on_signals)."""
   preemption.exit_on_signals()
   cli.run(main, define_flags, config_default=DEFAULT_CONFIG)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,22 +1,21 @@
-"""Stopping a run at any moment with exit status 75, and the fault hooks the
-fault tests use.
+"""Stopping with exit status 75 (PREEMPTED_EXIT_CODE, EX_TEMPFAIL): stopped,
+nothing unsaved is lost, the same command resumes; the launch scripts restart
+the job on it. The pieces alexnet_jax/supervisor.py (the training run's fault
+boundary) and alexnet_jax/parallel.py (a lost process) put together:
 
-Status PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL) means: stopped, nothing unsaved
-is lost, the same command resumes; the launch scripts restart the job on it.
+- `exit_on_signals`, installed by main.py before its heavy imports: until the
+  loop's `PreemptionFlag` takes over, SIGTERM and SIGINT exit at once with one
+  line (outside the loop nothing is unsaved).
+- `PreemptionFlag`: in the loop, a signal sets a flag; the loop saves and
+  stops (`Preempted`; main exits 75 on it).
+- `Watchdog`: no `progress()` for config.watchdog_minutes: every thread's
+  stack to WORKDIR/errors.log, exit 75.
+- `stop_now`: the one immediate way out (the watchdog, a lost process, a
+  second Ctrl-C). It writes its line to the real stderr, runs the cleanups of
+  `stop_context` (the workdir lock's release) and leaves with os._exit:
+  interpreter shutdown would wait on library threads and distributed barriers.
 
-- Signals (SIGTERM, SIGINT), from process start (`exit_on_signals`, installed
-  by alexnet_jax/__init__.py and main.py before the heavy imports) to exit:
-  outside the training loop nothing is unsaved, so the process exits at once
-  with one line. The loop's `PreemptionFlag` takes over from the end of the
-  restore to the end of the run: the loop (a step, or an evaluation batch)
-  saves a checkpoint if one is due and raises `Preempted`.
-- A stuck process (`Watchdog`): no training step and no evaluation batch for
-  config.watchdog_minutes: every thread's stack to WORKDIR/errors.log, exit 75.
-- A lost process of a multi-process run: alexnet_jax/parallel.py (HostLost).
-
-An immediate stop (`stop_now`) writes its line to the real stderr, releases
-the workdir lock (`stop_context`) and leaves with os._exit: interpreter
-shutdown would wait on library threads and distributed barriers.
+This module imports nothing heavy: main installs it before TensorFlow's import.
 """
 
 import contextlib
@@ -27,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from absl import logging
 
@@ -45,15 +44,10 @@ class Preempted(Exception):
 
   logged = True  # The loop logged where it stopped: main prints nothing more.
 
-  def __init__(self, step: int, num_steps: int, state: Any = None):
+  def __init__(self, step: int, num_steps: int):
     super().__init__(f'Preempted at step {step} of {num_steps}; checkpoint saved. Run the same '
                      'command to resume.')
-    self.step, self.state = step, state
-
-
-class StopRequested(Exception):
-  """Raised by an evaluation when the PreemptionFlag is set (between batches);
-  the loop then stops as after a step (train.train_loop)."""
+    self.step = step
 
 
 # --------------------------------------------------------------------------
@@ -103,7 +97,8 @@ def stop_now(message: str, status: int = PREEMPTED_EXIT_CODE) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
-def _exit_on_signal(signum, frame) -> None:
+def exit_on_signal(signum, frame) -> None:
+  """The signal handler of `exit_on_signals`."""
   del frame
   stop_now(f'{signal.Signals(signum).name} received outside the training loop (nothing '
            f'unsaved): stopping with exit status {PREEMPTED_EXIT_CODE}. Run the same command '
@@ -111,7 +106,7 @@ def _exit_on_signal(signum, frame) -> None:
 
 
 def exit_on_signals() -> None:
-  """From here on (until a PreemptionFlag takes over), SIGTERM and SIGINT exit
+  """From here on (until the training loop's flag takes over), SIGTERM and SIGINT exit
   with status 75 and one line, instead of -15, or a KeyboardInterrupt
   traceback (or 'Exception ignored ... KeyboardInterrupt' after the run)."""
   global _stderr_fd
@@ -121,39 +116,34 @@ def exit_on_signals() -> None:
     with contextlib.suppress(OSError):
       _stderr_fd = os.dup(2)
   for s in SIGNALS:
-    signal.signal(s, _exit_on_signal)
+    signal.signal(s, exit_on_signal)
 
 
 # --------------------------------------------------------------------------
-# The training loop's flag
+# The training loop: save and stop on a signal; stop when stuck
 # --------------------------------------------------------------------------
-
-
-_active_flag: Optional['PreemptionFlag'] = None
 
 
 class PreemptionFlag:
   """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); the loop saves a
   checkpoint and stops. A second Ctrl-C stops at once without saving: exit
-  status 75 under main (`exit_on_signals`), else KeyboardInterrupt."""
+  status 75 under main (exit_on_signals), else KeyboardInterrupt."""
 
   def __init__(self):
     self.set = False
     self._previous = {}
 
   def __enter__(self):
-    global _active_flag
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
-    self._outer, _active_flag = _active_flag, self
     return self
 
   def _handle(self, signum, frame):
     del frame
     if self.set and signum == signal.SIGINT:
-      if self._previous.get(signum) is _exit_on_signal:  # under main
-        stop_now(f'SIGINT again: stopping at once without saving. {resume_point()} Run the '
-                 'same command to resume.')
+      if self._previous.get(signum) is exit_on_signal:  # under main
+        stop_now(f'SIGINT again: stopping at once without saving. '
+                            f'{resume_point()} Run the same command to resume.')
       raise KeyboardInterrupt
     logging.warning('%s received: saving a checkpoint and stopping%s.',
                     signal.Signals(signum).name,
@@ -161,16 +151,15 @@ class PreemptionFlag:
     self.set = True
 
   def __exit__(self, *exc):
-    global _active_flag
-    _active_flag = self._outer
     for s, previous in self._previous.items():
       signal.signal(s, previous)
+    self._previous = {}
 
   def any_host(self, step: int, every: int) -> bool:
     """Whether to stop now. One process: as soon as the signal came. Several:
     all must stop at the same step, so they agree every `every` steps (one
     all-gather then, instead of a host sync on every step)."""
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top  (this module stays light)
     if jax.process_count() == 1:
       return self.set
     if step % every:
@@ -180,26 +169,9 @@ class PreemptionFlag:
     return bool(multihost_utils.process_allgather(np.int32(self.set)).any())
 
 
-def check_stop(batch: int, every: int = 16) -> None:
-  """In an evaluation, before batch `batch` (1, 2, ...): raises StopRequested
-  if the active PreemptionFlag is set (several processes agree every `every`
-  batches, as the loop does every log step). Outside the loop: nothing."""
-  if _active_flag is not None and _active_flag.any_host(batch, every):
-    raise StopRequested()
-
-
 # --------------------------------------------------------------------------
-# The step watchdog
+# The watchdog
 # --------------------------------------------------------------------------
-
-
-_watchdog: Optional['Watchdog'] = None
-
-
-def progress() -> None:
-  """Reports progress (a training step, an evaluation batch) to the watchdog."""
-  if _watchdog is not None:
-    _watchdog.last = time.monotonic()
 
 
 class Watchdog:
@@ -219,19 +191,17 @@ class Watchdog:
     self.last = time.monotonic()
     self._done = threading.Event()
 
+  def progress(self) -> None:
+    self.last = time.monotonic()
+
   def __enter__(self):
-    global _watchdog
     if self.timeout_s > 0:
       self.last = time.monotonic()
-      self._outer, _watchdog = _watchdog, self
       threading.Thread(target=self._watch, name='alexnet_jax-watchdog', daemon=True).start()
     return self
 
   def __exit__(self, *exc):
-    global _watchdog
-    if self.timeout_s > 0:
-      self._done.set()
-      _watchdog = self._outer
+    self._done.set()
 
   def _watch(self) -> None:
     while not self._done.wait(min(10.0, self.timeout_s / 4)):
@@ -250,51 +220,16 @@ class Watchdog:
         faulthandler.dump_traceback(f, all_threads=True)
       return self.dump_path
     except (OSError, TypeError):  # TypeError: no dump_path
-      os.write(_stderr_fd, header.encode())
-      faulthandler.dump_traceback(_stderr_fd, all_threads=True)
+      fd = _stderr_fd
+      os.write(fd, header.encode())
+      faulthandler.dump_traceback(fd, all_threads=True)
       return 'stderr above'
 
   def _fire(self, idle: float) -> None:
     where = self._dump()
-    stop_now(f'ERROR: No training step or evaluation batch completed for {idle / 60:.1f} '
-             f'minutes (config.watchdog_minutes={self.timeout_s / 60:g}): this process or '
-             'another process of the run is stuck (a stopped process, a hung read or '
-             f'collective). Every thread\'s stack: {where}. {resume_point()} Stopping with '
-             f'exit status {PREEMPTED_EXIT_CODE}: run the same command to resume.')
-
-
-# --------------------------------------------------------------------------
-# Test hooks
-# --------------------------------------------------------------------------
-
-
-def fault_point(event: str, step: Optional[int] = None) -> None:
-  """Test hook: ALEXNET_JAX_FAULT='EVENT[@STEP][:SIGNAL][+SECONDS]' sends SIGNAL
-  (default KILL; STOP stops the process) to this process at that point,
-  SECONDS later from another thread if given (to land inside the slow call
-  that follows). SIGNAL 'HANG' blocks the calling thread for good instead (a
-  hung read).
-
-  Events: 'import' (before TensorFlow's import, alexnet_jax/__init__.py),
-  'restored' (after the restore, before the loop), 'trained@STEP' (after the
-  update of STEP), 'saved@STEP' (save of STEP started; an async write is in
-  flight), 'evaluating@STEP' (an evaluation of STEP starts), 'evaluated@STEP'
-  (after STEP's evaluation and best/ save), 'done' (after the `Done:` line).
-  tests/test_faults.py stops runs at chosen points with it.
-  """
-  spec = os.environ.get('ALEXNET_JAX_FAULT')
-  if not spec:
-    return
-  spec, _, delay = spec.partition('+')
-  where, _, sig = spec.partition(':')
-  if where != (event if step is None else f'{event}@{step}'):
-    return
-  if sig == 'HANG':
-    threading.Event().wait()
-  signum = getattr(signal, 'SIG' + (sig or 'KILL'))
-  if delay:
-    timer = threading.Timer(float(delay), os.kill, (os.getpid(), signum))
-    timer.daemon = True
-    timer.start()
-  else:
-    os.kill(os.getpid(), signum)
+    stop_now(
+        f'ERROR: No training step or evaluation batch completed for {idle / 60:.1f} minutes '
+        f'(config.watchdog_minutes={self.timeout_s / 60:g}): this process or another process '
+        'of the run is stuck (a stopped process, a hung read or collective). Every thread\'s '
+        f'stack: {where}. {resume_point()} Stopping with exit status '
+        f'{PREEMPTED_EXIT_CODE}: run the same command to resume.')

@@ -3,29 +3,28 @@ section 4.1's ten test patches).
 
     train_and_evaluate(config, workdir)
 
-`setup(config)` resolves the run's objects once (mesh, dataset, input recipe,
-statistics, model, optimizer, the jitted steps) into a `Run`, which is passed
-down explicitly to the iterators, the evaluation and the loop. The pure steps
-are in alexnet_jax.steps, the optimizer in alexnet_jax.optimizer, signals in
-alexnet_jax.preemption. A resumed run repeats the same randomness: the dropout
-key is `fold_in(seed, step)` and the input stream is a function of the step.
+`setup(config)` reads the config once and resolves the run's objects (mesh,
+dataset, input recipe, statistics, model, optimizer, the jitted steps) and the
+plain values the loop uses into a `Run`, which is passed down explicitly to
+the iterators, the evaluation and the loop. The pure steps are in
+alexnet_jax.steps, the optimizer in alexnet_jax.optimizer. A resumed run
+repeats the same randomness: the dropout key is `fold_in(seed, step)` and the
+input stream is a function of the step.
 
-Faults (README "Faults and resuming"): every checkpoint is saved only after its
-losses and parameters are checked finite, evaluation steps are saved before
-they evaluate, SIGTERM/SIGINT save and raise Preempted (main exits 75), a
-lost process of a multi-process run stops the others at once (75,
-parallel.lost_host), a run that makes no progress for config.watchdog_minutes
-stops (75, preemption.Watchdog), and each checkpoint
-carries the loop's bookkeeping (`Progress`), so the rerun continues exactly.
+Checkpoints: every one is saved only after its losses and parameters are
+checked finite, evaluation steps are saved before they evaluate, and each
+carries the loop's bookkeeping (`Progress`), so a rerun continues exactly.
+Everything else that can go wrong (signals, lost processes, a stuck process,
+failed writes, the workdir lock) is behind alexnet_jax.supervisor, which the
+loop calls after each step and around evaluation batches.
 """
 
-import contextlib
 import dataclasses
 import functools
 import json
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
 import jax
@@ -45,12 +44,11 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import parallel
-from alexnet_jax import preemption
 from alexnet_jax import progress as progress_lib
 from alexnet_jax import resume_policy
 from alexnet_jax import stats as stats_lib
 from alexnet_jax import steps as steps_lib
-from alexnet_jax import workdir_lock
+from alexnet_jax import supervisor as supervisor_lib
 
 TrainState = steps_lib.TrainState
 
@@ -63,14 +61,12 @@ class NonFiniteLossError(FloatingPointError):
 @cli.user_error
 class DeadNetworkError(RuntimeError):
   """A ReLU layer had no firing unit through a whole logging window."""
+  put_aside = (0, 'dead')  # The supervisor moves every checkpoint: the rerun starts fresh.
 
 
 @cli.user_error
 class EvaluationError(RuntimeError):
   """Evaluation failed; the checkpoint of its step is saved."""
-
-
-cli.user_error(workdir_lock.WorkdirLockedError)  # another run holds the workdir
 
 
 # --------------------------------------------------------------------------
@@ -81,7 +77,6 @@ cli.user_error(workdir_lock.WorkdirLockedError)  # another run holds the workdir
 @dataclasses.dataclass(frozen=True)
 class Run:
   """Everything the loop needs, resolved once from the config by `setup`."""
-  config: ml_collections.ConfigDict
   mesh: Mesh
   data: input_pipeline.Input
   shard: int                     # this process feeds shard `shard` of `num_shards`
@@ -98,6 +93,21 @@ class Run:
   init_rng: jax.Array
   train_step: Callable           # (state, batch) -> (state, metrics), jitted
   eval_steps: Mapping[bool, Callable]  # ten_crop -> (params, batch) -> sums, jitted
+  # The config's values the loop and the evaluation use.
+  batch_size: int
+  log_every_steps: int
+  eval_batch_size: int
+  eval_split: str
+  ten_crop: bool                 # also evaluate the paper's ten patches (section 4.1)
+  flip: bool                     # ten patches with reflections, else five
+  prefetch: int                  # batches in flight to the devices
+  min_firing: float              # the dead-layer alarm (config.health)
+  stop_on_dead_layer: bool
+  schedule: Any                  # the plateau drop's settings (optimizer.plateau_update)
+  checkpoints: dict              # ckpt_lib.Checkpointer's every_steps, keep, use_async
+  watchdog_minutes: float
+  model_name: str
+  config_json: str               # config.json's text; a resume is checked against it
 
 
 def _device_stats(stats: augment.Stats, mesh: Mesh) -> tuple[augment.Stats, Any]:
@@ -153,7 +163,7 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
     return lambda params, batch: step(params, batch, stats)
 
   return Run(
-      config=config, mesh=mesh, data=data, shard=shard, num_shards=num_shards,
+      mesh=mesh, data=data, shard=shard, num_shards=num_shards,
       data_sharding=data_sharding, model=model, tx=tx, steps_per_epoch=spe,
       num_steps=num_steps, eval_every=max(1, int(round(config.eval.every_epochs * spe))),
       abstract_state=abstract_state, state_sharding=state_sharding,
@@ -161,7 +171,16 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
       train_step=lambda state, batch: jit_train(state, batch, stats),
       # Centre crop, and the paper's ten patches (five without reflections).
       eval_steps={False: eval_step(1),
-                  True: eval_step(augment.num_eval_crops(config.input.flip))})
+                  True: eval_step(augment.num_eval_crops(config.input.flip))},
+      batch_size=config.batch_size, log_every_steps=config.log_every_steps,
+      eval_batch_size=config.eval.batch_size, eval_split=config.dataset.eval_split,
+      ten_crop=config.eval.ten_crop, flip=config.input.flip, prefetch=config.dataset.prefetch,
+      min_firing=config.health.min_firing, stop_on_dead_layer=config.health.stop_on_dead_layer,
+      schedule=config.schedule,
+      checkpoints=dict(every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
+                       use_async=config.async_checkpoints),
+      watchdog_minutes=config.watchdog_minutes, model_name=config.model.name,
+      config_json=config.to_json_best_effort(indent=2))
 
 
 # --------------------------------------------------------------------------
@@ -183,9 +202,9 @@ def init_params_from(config, fresh: Any) -> Any:
   return params
 
 
-def _check_resume(config, ckpt: ckpt_lib.Checkpointer) -> Callable:
+def _check_resume(config_json: str, ckpt: ckpt_lib.Checkpointer) -> Callable:
   """The check a restored checkpoint's saved config must pass (resume_policy)."""
-  current = json.loads(config.to_json_best_effort())
+  current = json.loads(config_json)
 
   def check(saved_config):
     if saved_config is None:
@@ -197,16 +216,15 @@ def _check_resume(config, ckpt: ckpt_lib.Checkpointer) -> Callable:
   return check
 
 
-def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, dict]:
-  """The newest readable checkpoint (its config checked against run.config by
+def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer, config) -> tuple[TrainState, dict]:
+  """The newest readable checkpoint (its config checked against `config` by
   resume_policy) or a fresh state; with the config's optimizer hyperparameters."""
-  config = run.config
   state, progress = None, {}
   if ckpt.latest_step() is not None:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           run.abstract_state, run.state_sharding)
     state, progress = ckpt.restore_with_progress(target, run.description,
-                                                 check=_check_resume(config, ckpt))
+                                                 check=_check_resume(run.config_json, ckpt))
   if state is None:
     state = jax.jit(functools.partial(steps_lib.create_train_state, model=run.model, tx=run.tx),
                     out_shardings=run.state_sharding)(run.init_rng)
@@ -222,40 +240,37 @@ def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, 
 # --------------------------------------------------------------------------
 
 
-def evaluate(run: Run, params: Any, ten_crop: bool) -> dict:
-  """Top-1/top-5 error and loss over the whole eval split, each image once."""
-  batch_size = run.config.eval.batch_size // run.num_shards
+def evaluate(run: Run, params: Any, ten_crop: bool,
+             supervise: Callable[[Iterable], Iterable] = iter) -> dict:
+  """Top-1/top-5 error and loss over the whole eval split, each image once.
+  `supervise`: the batches pass through it (Supervisor.eval_batches)."""
   batches = parallel.prefetch(input_pipeline.eval_iterator(
-      run.data, batch_size=batch_size, ten_crop=ten_crop, process_index=run.shard,
-      process_count=run.num_shards), run.data_sharding, run.config.dataset.prefetch)
+      run.data, batch_size=run.eval_batch_size // run.num_shards, ten_crop=ten_crop,
+      process_index=run.shard, process_count=run.num_shards), run.data_sharding, run.prefetch)
   eval_fn = run.eval_steps[ten_crop]
-  sums = []
-  for i, batch in enumerate(batches, 1):  # Dispatched without waiting; fetched at the end.
-    preemption.check_stop(i)  # A signal: stop between batches (StopRequested).
-    sums.append(eval_fn(params, batch))
-    preemption.progress()
-  sums = jax.device_get(sums)
+  # Dispatched without waiting; fetched at the end.
+  sums = jax.device_get([eval_fn(params, batch) for batch in supervise(batches)])
   count = float(sum(float(s['count']) for s in sums))
   if not count:
-    raise ValueError(f'The evaluation split {run.config.dataset.eval_split!r} yielded no '
+    raise ValueError(f'The evaluation split {run.eval_split!r} yielded no '
                      'images (none decoded, or it is empty).')
   totals = {k: sum(float(s[k]) for s in sums) for k in sums[0]}
   return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
 
 
-def run_evals(run: Run, params: Any, step: int, writer) -> dict:
-  """The centre-crop evaluation, and the multi-crop one if config.eval.ten_crop."""
+def run_evals(run: Run, params: Any, step: int, loop: 'Loop') -> dict:
+  """The centre-crop evaluation, and the multi-crop one if run.ten_crop."""
   results = {}
-  crops = [('eval', False)] + ([('eval_multicrop', True)] if run.config.eval.ten_crop else [])
+  crops = [('eval', False)] + ([('eval_multicrop', True)] if run.ten_crop else [])
   for prefix, ten in crops:
     t0 = time.time()
-    m = evaluate(run, params, ten)
+    m = evaluate(run, params, ten, loop.supervisor.eval_batches)
     results.update({f'{prefix}_{k}': v for k, v in m.items() if k != 'count'})
     logging.info('step %d %s (%d images, %.1fs): loss %.4f, top-1 error %.2f%%, '
-                 'top-5 error %.2f%%', step, augment.crop_name(ten, run.config.input.flip),
+                 'top-5 error %.2f%%', step, augment.crop_name(ten, run.flip),
                  m['count'], time.time() - t0, m['loss'], 100 * m['top1_error'],
                  100 * m['top5_error'])
-  writer.write_scalars(step, results)
+  loop.writer.write_scalars(step, results)
   return results
 
 
@@ -263,34 +278,28 @@ def evaluate_and_update(run: Run, state: TrainState, step: int, loop: 'Loop'
                         ) -> tuple[TrainState, dict]:
   """Evaluation at `step` (its checkpoint is already saved), the plateau
   schedule's update (section 5), and the offer to best/."""
-  config = run.config
-  preemption.fault_point('evaluating', step)
   try:
-    results = run_evals(run, state.params, step, loop.writer)
-  except preemption.StopRequested:
-    raise
+    results = run_evals(run, state.params, step, loop)
   except Exception as e:
-    if parallel.lost_host(e):
-      raise
     raise EvaluationError(
         f'Evaluation at step {step} failed ({type(e).__name__}: {e}). The checkpoint of '
         f'step {step} is saved in {loop.ckpt.latest.directory}; fix the cause '
         '(config.eval.*, config.dataset.eval_split) and rerun the same command: it '
         'resumes with this evaluation.') from e
-  if config.schedule.name == 'plateau' and step < run.num_steps:
+  schedule = run.schedule
+  if schedule.name == 'plateau' and step < run.num_steps:
+    # Section 5: the learning rate is divided by 10 when the validation error stops improving.
     plateau, drop = optimizer_lib.plateau_update(
-        jax.device_get(state.plateau), results['eval_top1_error'], config.schedule)
+        jax.device_get(state.plateau), results['eval_top1_error'], schedule)
     opt_state = optimizer_lib.set_lr_scale(
-        state.opt_state, optimizer_lib.plateau_scale(config, plateau['drops']))
+        state.opt_state, float(schedule.factor) ** int(plateau['drops']))
     if drop:
       logging.info('Validation error stopped improving: learning rate divided by %g '
-                   '(drop %d of %d).', 1 / config.schedule.factor, int(plateau['drops']),
-                   config.schedule.max_drops)
+                   '(drop %d of %d).', 1 / schedule.factor, int(plateau['drops']),
+                   schedule.max_drops)
     state = jax.device_put(state.replace(plateau=plateau, opt_state=opt_state),
                            run.state_sharding)
   loop.ckpt.save_best(step, state, run.description, {'top1_error': results['eval_top1_error']})
-  loop.lock.refresh()
-  preemption.fault_point('evaluated', step)
   loop.progress.evaluated_step = step
   return state, results
 
@@ -327,13 +336,12 @@ class Progress:
 
 @dataclasses.dataclass
 class Loop:
-  """The loop's services: checkpoints, the metric writer, the workdir lock,
-  and the flag SIGTERM/SIGINT set."""
+  """The loop's services: checkpoints, the metric writer, its bookkeeping and
+  the fault boundary."""
   ckpt: ckpt_lib.Checkpointer
   writer: Any
-  lock: workdir_lock.WorkdirLock
   progress: Progress
-  preempted: preemption.PreemptionFlag
+  supervisor: supervisor_lib.Supervisor
 
 
 def _recent_losses(rows: list, first_step: int, before: int, n: int = 5) -> str:
@@ -361,7 +369,7 @@ def step_metrics(history: list, first_step: int, logged: tuple = ()) -> list[dic
           'config.schedule.warmup_epochs); otherwise check the input data. Then rerun '
           '(the same workdir resumes from the last finite checkpoint; if that diverges '
           'again, use a new --workdir).')
-      error.step = first_step + i
+      error.put_aside = (first_step + i - 1, 'diverged')  # The state before led to it.
       raise error
   return rows
 
@@ -376,7 +384,7 @@ def dead_layers(window: list, min_firing: float = 0.0) -> list[str]:
 
 def check_alive(run: Run, step: int, window: list) -> None:
   """Stops the run (DeadNetworkError) when a layer was dead through the window."""
-  min_firing = run.config.health.min_firing
+  min_firing = run.min_firing
   dead = dead_layers(window, min_firing)
   if not dead:
     return
@@ -389,7 +397,7 @@ def check_alive(run: Run, step: int, window: list) -> None:
       '--config.optimizer.learning_rate; then rerun (this run\'s checkpoints are put '
       'aside in checkpoints-dead/, so the rerun starts fresh). '
       '--config.health.stop_on_dead_layer=False logs this and goes on.')
-  if not run.config.health.stop_on_dead_layer:
+  if not run.stop_on_dead_layer:
     logging.warning('%s', message)
     return
   raise DeadNetworkError(message)
@@ -401,7 +409,7 @@ def log_train(run: Run, step: int, window: list, rate: float, writer) -> dict:
   metrics['train_images_per_second'] = rate
   writer.write_scalars(step, metrics)
   n, spe = run.num_steps, run.steps_per_epoch
-  eta = progress_lib.eta_seconds((n - step) * run.config.batch_size, rate)
+  eta = progress_lib.eta_seconds((n - step) * run.batch_size, rate)
   firing = {k[len('train_firing_'):]: v for k, v in metrics.items()
             if k.startswith('train_firing_')}
   lowest = (' | firing min %.0f%% (%s)' % (100 * min(firing.values()),
@@ -421,8 +429,7 @@ def final_metrics(run: Run, state: TrainState, progress: Progress, last_eval: di
           'eval_multicrop_top5_error')
   return {'step': int(state.step), 'wall_time_s': progress.wall_time(),
           **progress.train_metrics, **{k: last_eval.get(k) for k in keys},
-          'eval_multicrop_crops': (augment.num_eval_crops(run.config.input.flip)
-                                   if run.config.eval.ten_crop else None)}
+          'eval_multicrop_crops': augment.num_eval_crops(run.flip) if run.ten_crop else None}
 
 
 # --------------------------------------------------------------------------
@@ -431,64 +438,50 @@ def final_metrics(run: Run, state: TrainState, progress: Progress, last_eval: di
 
 
 def train_loop(run: Run, state: TrainState, loop: Loop) -> tuple[TrainState, dict]:
-  """Steps from state.step to run.num_steps: log, save, evaluate, stop on a signal
-  (loop.preempted: after a step, or between evaluation batches; the step is
-  saved by then). Returns the final state and the last evaluation."""
-  config, progress, ckpt = run.config, loop.progress, loop.ckpt
+  """Section 5: steps from state.step to run.num_steps; log, evaluate, drop the
+  learning rate on a plateau, save. Returns the final state and the last
+  evaluation (or early, the step saved, when the supervisor says stop)."""
+  progress, ckpt = loop.progress, loop.ckpt
   start_step, last_eval = int(state.step), {}
-  step = start_step
-  try:
-    if progress.evaluated_step < start_step and (start_step % run.eval_every == 0
-                                                 or start_step == run.num_steps):
-      # Stopped after saving an evaluation step but before its evaluation finished.
-      state, last_eval = evaluate_and_update(run, state, start_step, loop)
+  if progress.evaluated_step < start_step and (start_step % run.eval_every == 0
+                                               or start_step == run.num_steps):
+    # Stopped after saving an evaluation step but before its evaluation finished.
+    state, last_eval = evaluate_and_update(run, state, start_step, loop)
 
-    train_iter = parallel.prefetch(input_pipeline.train_iterator(
-        run.data, batch_size=config.batch_size // run.num_shards, start_step=start_step,
-        process_index=run.shard, process_count=run.num_shards),
-        run.data_sharding, config.dataset.prefetch)
-    history, t_log, since_log = [], time.time(), 0
-    for step in range(start_step + 1, run.num_steps + 1):
-      state, metrics = run.train_step(state, next(train_iter))
-      history.append(metrics)
-      since_log += 1
-      preemption.progress()
-      preemption.fault_point('trained', step)
-      ckpt.check_writes()  # A failed async save stops the run now, not a save later.
+  train_iter = parallel.prefetch(input_pipeline.train_iterator(
+      run.data, batch_size=run.batch_size // run.num_shards, start_step=start_step,
+      process_index=run.shard, process_count=run.num_shards), run.data_sharding, run.prefetch)
+  history, t_log, since_log = [], time.time(), 0
+  for step in range(start_step + 1, run.num_steps + 1):
+    state, metrics = run.train_step(state, next(train_iter))
+    history.append(metrics)
+    since_log += 1
+    stop = loop.supervisor.after_step(step)  # A signal: save this step and stop.
 
-      is_log = step % config.log_every_steps == 0 or step == run.num_steps
-      is_eval = step % run.eval_every == 0 or step == run.num_steps
-      stop = loop.preempted.any_host(step, config.log_every_steps)
-      # Evaluation steps are saved first, so a failed or killed evaluation loses nothing.
-      is_save = is_eval or stop or ckpt.should_save(step)  # is_eval: also the last step
-      if is_log or is_save:  # Checks finiteness before anything is saved.
-        progress.window += step_metrics(
-            history, step - len(history) + 1,
-            (step - len(history) - len(progress.window) + 1, progress.window))
-        history = []
-      if is_log:
-        check_alive(run, step, progress.window)  # Before this step is saved.
-        rate = since_log * config.batch_size / max(time.time() - t_log, 1e-9)
-        progress.train_metrics = log_train(run, step, progress.window, rate, loop.writer)
-        progress.window, since_log = [], 0
-        loop.lock.refresh()
-      if is_save:
-        ckpt.save(step, state, run.description, progress.record(), force=True)
-        preemption.fault_point('saved', step)
-      if stop:  # The resumed run evaluates this step if it is an evaluation step.
-        raise preemption.StopRequested()
-      if is_eval:
-        state, last_eval = evaluate_and_update(run, state, step, loop)
-      if is_log or is_eval:
-        t_log = time.time()
-    if not last_eval:  # Resumed a run that had already finished and been evaluated.
-      last_eval = run_evals(run, state.params, int(state.step), loop.writer)
-  except preemption.StopRequested:
-    ckpt.close()
-    loop.writer.flush()
-    logging.warning('Preempted at step %d of %d; checkpoint saved. Run the same '
-                    'command to resume.', step, run.num_steps)
-    raise preemption.Preempted(step, run.num_steps, state) from None
+    is_log = step % run.log_every_steps == 0 or step == run.num_steps
+    is_eval = step % run.eval_every == 0 or step == run.num_steps
+    # Evaluation steps are saved first, so a failed or killed evaluation loses nothing.
+    is_save = is_eval or stop or ckpt.should_save(step)  # is_eval: also the last step
+    if is_log or is_save:  # Checks finiteness before anything is saved.
+      progress.window += step_metrics(
+          history, step - len(history) + 1,
+          (step - len(history) - len(progress.window) + 1, progress.window))
+      history = []
+    if is_log:
+      check_alive(run, step, progress.window)  # Before this step is saved.
+      rate = since_log * run.batch_size / max(time.time() - t_log, 1e-9)
+      progress.train_metrics = log_train(run, step, progress.window, rate, loop.writer)
+      progress.window, since_log = [], 0
+    if is_save:
+      ckpt.save(step, state, run.description, progress.record(), force=True)
+    if stop:  # The resumed run evaluates this step if it is an evaluation step.
+      return state, last_eval
+    if is_eval:
+      state, last_eval = evaluate_and_update(run, state, step, loop)
+    if is_log or is_eval:
+      t_log = time.time()
+  if not last_eval:  # Resumed a run that had already finished and been evaluated.
+    last_eval = run_evals(run, state.params, int(state.step), loop)
   return state, last_eval
 
 
@@ -512,8 +505,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Checks the whole config first (ConfigError; nothing written). Writes
   TensorBoard events, config.json (once the resume check passed) and, at the
-  end, final_metrics.json. Returns the final train state; raises Preempted
-  after SIGTERM/SIGINT (checkpoint saved).
+  end, final_metrics.json. Returns the final state; raises Preempted after
+  SIGTERM/SIGINT (checkpoint saved; alexnet_jax/supervisor.py).
   """
   t_start = time.time()
   data = check_config(config, workdir)
@@ -523,70 +516,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   run = setup(config, data)
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock.WorkdirLock(workdir, enabled=is_main) as lock, preemption.stop_context(
-      lambda: ckpt_lib.resume_point(str(workdir)), lock.release):
-    return _train_locked(run, workdir, lock, t_start)
-
-
-def _write_run_record(run: Run, workdir: epath.Path, start_step: int) -> None:
-  """config.json and class_names.json (for predict and figures), and one log line."""
-  config = run.config
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  (workdir / 'class_names.json').write_text(json.dumps(list(run.data.info.class_names)))
-  n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(run.abstract_state.params))
-  logging.info('Model %s: %s parameters; %d steps (%d per epoch, %.1f epochs), '
-               'global batch %d on mesh %s; %s at step %d.', config.model.name,
-               f'{n_params:,}', run.num_steps, run.steps_per_epoch,
-               run.num_steps / run.steps_per_epoch, config.batch_size,
-               dict(run.mesh.shape), 'resuming' if start_step else 'starting', start_step)
-
-
-def _train_locked(run: Run, workdir: epath.Path, lock, t_start: float) -> TrainState:
-  """Restore, loop, final metrics. A signal during the restore exits at once
-  (preemption.exit_on_signals: nothing unsaved); from the loop until the last
-  save has committed, the PreemptionFlag saves and stops; the watchdog
-  (config.watchdog_minutes) watches from the restore to the end."""
-  config = run.config
-  is_main = jax.process_index() == 0
-  # TensorBoard only: the loop logs one console line per event itself.
-  writer = metric_writers.AsyncMultiWriter(
-      [metric_writers.SummaryWriter(str(workdir))] if is_main else [])
-  ckpt = ckpt_lib.Checkpointer(str(workdir), every_steps=config.checkpoint_every_steps,
-                               keep=config.keep_checkpoints,
-                               use_async=config.async_checkpoints)
-  errors_log = None if '://' in str(workdir) else str(workdir / 'errors.log')
-  with preemption.Watchdog(config.watchdog_minutes, errors_log):
-    try:
-      state, saved = restore_or_init(run, ckpt)
-      start_step = int(state.step)
-      if is_main:  # Only now: a refused resume leaves the run's record as it was.
-        _write_run_record(run, workdir, start_step)
-      preemption.fault_point('restored')
-      with preemption.PreemptionFlag() as preempted:
-        loop = Loop(ckpt, writer, lock, Progress.restored(saved, t_start, start_step),
-                    preempted)
-        state, last_eval = train_loop(run, state, loop)
-        ckpt.close()  # A signal now waits for the last save to commit.
-        writer.flush()
-    except Exception as e:  # Let in-flight saves commit; the error says what to do.
-      lost = parallel.lost_host(e)
-      if lost:  # Exit now: closing would wait for the lost process (barriers), and
-        preemption.stop_now(f'ERROR: {lost}')  # JAX's runtime may abort this one meanwhile.
-      with contextlib.suppress(Exception):
-        ckpt.close()
-        writer.flush()
-      if isinstance(e, NonFiniteLossError):  # The state before the bad step led to it.
-        ckpt.put_aside_from(e.step - 1, 'diverged')
-      if isinstance(e, DeadNetworkError):  # The rerun with a fix starts fresh.
-        ckpt.put_aside_from(0, 'dead')
-      raise
-  if preempted.set:  # A signal while the last save committed: stop as asked.
-    logging.warning('Preempted after the last step (%d); checkpoint saved. Run the same '
-                    'command to finish.', int(state.step))
-    raise preemption.Preempted(int(state.step), run.num_steps, state)
+  with supervisor_lib.Supervisor(
+      workdir, num_steps=run.num_steps, agree_every=run.log_every_steps,
+      watchdog_minutes=run.watchdog_minutes, checkpoints=run.checkpoints) as supervisor:
+    state, saved = restore_or_init(run, supervisor.ckpt, config)
+    start_step = int(state.step)
+    if is_main:  # Only now: a refused resume leaves the run's record as it was.
+      _write_run_record(run, workdir, start_step)
+    supervisor.restored(start_step)
+    loop = Loop(supervisor.ckpt, supervisor.writer,
+                Progress.restored(saved, t_start, start_step), supervisor)
+    state, last_eval = train_loop(run, state, loop)
   final = final_metrics(run, state, loop.progress, last_eval)
   if is_main:
     (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
   logging.info('Done: %s', json.dumps(final))
-  preemption.fault_point('done')
   return state
+
+
+def _write_run_record(run: Run, workdir: epath.Path, start_step: int) -> None:
+  """config.json and class_names.json (for predict and figures), and one log line."""
+  (workdir / 'config.json').write_text(run.config_json)
+  (workdir / 'class_names.json').write_text(json.dumps(list(run.data.info.class_names)))
+  n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(run.abstract_state.params))
+  logging.info('Model %s: %s parameters; %d steps (%d per epoch, %.1f epochs), '
+               'global batch %d on mesh %s; %s at step %d.', run.model_name,
+               f'{n_params:,}', run.num_steps, run.steps_per_epoch,
+               run.num_steps / run.steps_per_epoch, run.batch_size,
+               dict(run.mesh.shape), 'resuming' if start_step else 'starting', start_step)

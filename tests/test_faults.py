@@ -5,7 +5,8 @@ concurrent starts, failing evaluations. Lost and stopped processes of a
 multi-process run: tests/test_multiprocess.py. Every run here must end equal to
 one uninterrupted reference run (module fixture `ref`) or fail with a message.
 
-Subprocess runs choose their fault point with ALEXNET_JAX_FAULT (preemption.fault_point).
+Subprocess runs choose their fault point with tests/fault_main.py --fault=...; in-process
+runs add its hook to alexnet_jax.supervisor.HOOKS.
 """
 
 import errno
@@ -32,6 +33,8 @@ from alexnet_jax import workdir_lock
 from alexnet_jax import optimizer
 from alexnet_jax import preemption
 from alexnet_jax import steps
+from alexnet_jax import supervisor
+from tests import fault_main
 from tests.conftest import tiny_config
 from tests.test_train import ROOT, TINY_FLAGS
 
@@ -79,22 +82,19 @@ def steps_of(workdir, sub='checkpoints'):
   return sorted(int(p.name) for p in (workdir / sub).iterdir() if p.name.isdigit())
 
 
-def main_env(fault=None):
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
-  env.pop('ALEXNET_JAX_FAULT', None)
-  if fault:
-    env['ALEXNET_JAX_FAULT'] = fault
-  return env
+def main_env():
+  return dict(os.environ, PYTHONPATH=ROOT,
+              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
 
 
 def main(workdir, *flags, fault=None):
-  """Runs main to its end; returns (exit status, output)."""
-  env = main_env(fault)
+  """Runs main to its end (with `fault`: tests/fault_main.py); returns (exit
+  status, output)."""
+  command = (['tests/fault_main.py', f'--fault={fault}'] if fault else ['-m', 'alexnet_jax.main'])
   proc = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}', *FLAGS,
+      [sys.executable, *command, f'--workdir={workdir}', *FLAGS,
        f'--config.num_train_steps={STEPS}', *flags],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      cwd=ROOT, env=main_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       timeout=300)
   return proc.returncode, proc.stdout
 
@@ -192,8 +192,8 @@ def test_a_signal_in_any_phase_exits_75_and_saves_what_is_unsaved(tmp_path, ref)
   import), -15 (SIGTERM at start-up, and while a resumed run re-evaluated),
   'Exception ignored ... KeyboardInterrupt' (SIGINT after `Done:`)."""
   workdir = tmp_path / 'w'
-  # Start-up: inside the TensorFlow import (alexnet_jax/__init__.py; 0.2 s after
-  # the hook, the import takes seconds), then right after the (fresh) restore.
+  # Start-up: inside the TensorFlow import (0.2 s after main installed its signal
+  # handling; the import takes seconds), then right after the (fresh) restore.
   rc, out = main(workdir, fault='import:INT+0.2')
   assert rc == preemption.PREEMPTED_EXIT_CODE and out == f'SIGINT {OUTSIDE_THE_LOOP}\n', out
   rc, out = main(workdir, fault='restored:TERM')
@@ -223,10 +223,10 @@ def test_watchdog_dumps_every_stack_and_exits_75_after_no_progress(tmp_path):
           'from alexnet_jax import preemption\n'
           'with preemption.stop_context(lambda: "The last checkpoint is step 7.",\n'
           '                             lambda: print("released", flush=True)):\n'
-          f'  with preemption.Watchdog(0.02, {str(dump)!r}):\n'
+          f'  with preemption.Watchdog(0.02, {str(dump)!r}) as watchdog:\n'
           '    for _ in range(20):  # 2 s of progress: no stop\n'
           '      time.sleep(0.1)\n'
-          '      preemption.progress()\n'
+          '      watchdog.progress()\n'
           '    print("stuck", flush=True)\n'
           '    time.sleep(60)  # a hung read\n')
   t0 = time.monotonic()
@@ -477,10 +477,10 @@ def test_failed_evaluation_saves_first_and_the_rerun_resumes_with_it(tmp_path, r
 
 def test_final_metrics_total_the_segments(tmp_path, ref, monkeypatch):
   config = cfg(num_train_steps=STEPS)
-  monkeypatch.setenv('ALEXNET_JAX_FAULT', 'trained@6:TERM')
+  monkeypatch.setattr(supervisor, 'HOOKS', [fault_main.Fault('trained@6:TERM')])
   with pytest.raises(preemption.Preempted):
     train.train_and_evaluate(config, str(tmp_path))
-  monkeypatch.delenv('ALEXNET_JAX_FAULT')
+  monkeypatch.setattr(supervisor, 'HOOKS', [])
   t0 = time.time()
   _failing_evaluate(monkeypatch)   # a crash after the last step's checkpoint
   with pytest.raises(train.EvaluationError, match='step 11'):

@@ -42,9 +42,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_two_processes(tmp_path, mesh, devices_per_process, overrides=None, env=None):
+def _start_two_processes(tmp_path, mesh, devices_per_process, overrides=None, env=None,
+                         fault=None):
   """Starts main in two processes on `tmp_path/workdir`: (processes, log files).
-  `env[i]`: extra environment of process i."""
+  `env[i]`: extra environment of process i; `fault`: (i, spec), process i runs
+  tests/fault_main.py --fault=spec."""
   workdir = tmp_path / 'workdir'
   port = _free_port()
   flags = tiny_flags(**{**OVERRIDES, **(overrides or {})}, mesh=mesh)
@@ -56,8 +58,10 @@ def _start_two_processes(tmp_path, mesh, devices_per_process, overrides=None, en
                     ALEXNET_PROCESS_ID=str(i), **(env or {}).get(i, {}))
     # Logs go to files: a full pipe would block one process, and with it both.
     logs.append(open(tmp_path / f'process{i}.log', 'w+'))
+    command = (['tests/fault_main.py', f'--fault={fault[1]}'] if fault and fault[0] == i else
+               ['-m', 'alexnet_jax.main'])
     procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={workdir}', *flags],
+        [sys.executable, *command, f'--workdir={workdir}', *flags],
         cwd=ROOT, env=proc_env, stdout=logs[i], stderr=subprocess.STDOUT, text=True))
   return procs, logs
 
@@ -151,7 +155,7 @@ def test_a_killed_process_stops_the_other_with_status_75_and_one_line(tmp_path):
   stops at once (old code: a 117-line traceback, then JAX's abort, -6, after
   the 100 s heartbeat timeout)."""
   procs, logs = _start_two_processes(tmp_path, (2, 2), 2, FAULTS,
-                                     env={1: {'ALEXNET_JAX_FAULT': 'trained@6:KILL'}})
+                                     fault=(1, 'trained@6:KILL'))
   procs[1].wait(timeout=240)
   killed = time.monotonic()
   outs = _wait(procs, logs, timeout=60)
@@ -178,7 +182,7 @@ def test_a_stopped_process_stops_the_other_then_itself_with_status_75(tmp_path):
   heartbeat = {'ALEXNET_HEARTBEAT_TIMEOUT_S': '10'}
   procs, logs = _start_two_processes(
       tmp_path, (2, 2), 2, FAULTS,
-      env={0: heartbeat, 1: {**heartbeat, 'ALEXNET_JAX_FAULT': 'trained@6:STOP'}})
+      env={0: heartbeat, 1: heartbeat}, fault=(1, 'trained@6:STOP'))
   try:
     procs[0].wait(timeout=240)
   finally:
