@@ -33,9 +33,9 @@ Why not orbax's and JAX's own preemption support (orbax 0.12.8,
 CheckpointManager.reached_preemption -> jax 0.10.2
 multihost_utils.reached_preemption_sync_point): it returns False unless
 jax.distributed is initialized (a single process, our default, never
-stops), it is told of SIGTERM only (not Ctrl-C), by a notifier in JAX's C++
-runtime that takes the SIGTERM handler from us, and it must be asked on every
-step by every process. Our flag covers both signals in one or many processes
+stops), it hears of SIGTERM only (not Ctrl-C), through a notifier that JAX's
+C++ runtime installs in place of our handler, and every process must ask it
+on every step. Our flag covers both signals in one or many processes
 and agrees on the step with multihost_utils' all-gather every `agree_every`
 steps.
 
@@ -59,7 +59,6 @@ from alexnet_jax import preemption
 from alexnet_jax import workdir_lock
 
 Preempted = preemption.Preempted
-PREEMPTED_EXIT_CODE = preemption.PREEMPTED_EXIT_CODE
 cli.user_error(workdir_lock.WorkdirLockedError)  # another run holds the workdir
 
 # Extra hooks every Supervisor calls: hook(event, step) (tests/fault_main.py adds one).
