@@ -146,9 +146,9 @@ def _check_model(c: _Checks) -> None:
   model_ok = c.one_of('model.name', sorted(models.PRESETS))
   for key in ('model.dtype', 'model.param_dtype'):
     if c.get(key) is not None:
-      model_ok &= c.one_of(key, sorted(models._DTYPES), suggest=False)  # pylint: disable=protected-access
-  for key, lookup in (('model.activation', models._activation),  # pylint: disable=protected-access
-                      ('model.kernel_init', models._kernel_init)):  # pylint: disable=protected-access
+      model_ok &= c.one_of(key, sorted(models.DTYPES), suggest=False)
+  for key, lookup in (('model.activation', models.activation_fn),
+                      ('model.kernel_init', models.kernel_initializer)):
     if c.get(key) is not None:
       try:
         lookup(c.get(key))

@@ -2,8 +2,11 @@
 
 Layers are named as the paper names them (conv1 ... conv5, fc6 ... fc8), so
 checkpoints, logs and summaries speak the paper's language. Every choice the
-paper makes is a field whose default is the paper's value, because each one is
-an ablation the paper reports or implies (section 3.3-3.4, 4.2, table notes).
+paper makes is a field, because each one is an ablation the paper reports or
+implies (section 3.3-3.4, 4.2, table notes); its default is the value the model
+runs with (the one place for it): the paper's, except bias_init, whose comment
+gives the evidence and the flag that restores the letter. Configs override
+fields (config.model); this module imports none of them.
 
 Layout is NHWC throughout. Shapes in comments are for the paper's model with
 227x227 inputs and 1000 classes.
@@ -293,7 +296,9 @@ class Conv(nn.Module):
     return y + bias
 
 
-def _kernel_init(name: str, std: float = 0.01) -> Callable:
+def kernel_initializer(name: str, std: float = 0.01) -> Callable:
+  """AlexNet.kernel_init's initializer: 'paper' N(0, std^2) (section 5), 'he'
+  N(0, 2/fan_in). Raises ValueError naming the choices."""
   if name == 'paper':
     return nn.initializers.normal(stddev=std)
   if name == 'he':
@@ -301,7 +306,9 @@ def _kernel_init(name: str, std: float = 0.01) -> Callable:
   raise ValueError(f"Unknown kernel_init {name!r}; use 'paper' or 'he'.")
 
 
-def _activation(name: str) -> Callable[[Array], Array]:
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  """AlexNet.activation's function: 'relu' (section 3.1) or 'tanh' (figure 1's
+  saturating baseline). Raises ValueError naming the choices."""
   try:
     return {'relu': nn.relu, 'tanh': jnp.tanh}[name]
   except KeyError:
@@ -319,15 +326,17 @@ class AlexNet(nn.Module):
   Call as ``model.apply(variables, images, train=False)`` on (B, H, W, 3) float
   images; with ``train=True`` pass ``rngs={'dropout': key}``.
   """
+  # Section 2: ILSVRC's 1000 categories (fc8's 1000-way softmax, section 3.5).
   num_classes: int = 1000
-  # Section 3.2: two towers. 1 = the ungrouped one-tower model.
+  # Section 3.2: two towers ("two GPUs"). 1 = the ungrouped one-tower model.
   towers: int = 2
   # Widths of conv1..conv5 and of fc6/fc7 (section 3.5, figure 2).
   conv_features: Sequence[int] = (96, 256, 384, 384, 256)
   fc_features: int = 4096
-  # Input geometry: 227 crops with no conv1 padding (Caffe), or 224 crops with
-  # conv1 padding 2 (torchvision); both give 55x55 after conv1. None = derive:
-  # 2 for 224 inputs, else 0.
+  # Input geometry (section 3.5 says 224x224x3; 227 is what gives its 55x55
+  # conv1 maps unpadded, as Caffe's bvlc_alexnet): 227 crops with no conv1
+  # padding, or 224 crops with conv1 padding 2 (torchvision); both give 55x55
+  # after conv1. None = derive: 2 for 224 inputs, else 0.
   input_size: int = 227
   conv1_padding: Optional[int] = None
   # Section 3.3: response normalization after ReLU in conv1 and conv2.
@@ -336,15 +345,17 @@ class AlexNet(nn.Module):
   lrn_bias: float = 2.0       # k
   lrn_alpha: float = 1e-4
   lrn_beta: float = 0.75
-  # True: windows stop at the tower boundary, as on the paper's GPUs, which
-  # "communicate only in certain layers" (section 3.2: conv3 and the FC layers);
-  # False: windows span all N maps of the layer.
+  # Section 3.2: the GPUs "communicate only in certain layers" (conv3 and the FC
+  # layers), so each GPU normalized its own maps (cuda-convnet's cmrnorm reads
+  # one GPU's layer): True, the windows stop at the tower boundary. False:
+  # windows span all N maps of the layer (Caffe's LRNLayer).
   lrn_per_tower: bool = True
+  # How LRN is computed (same values): 'reduce_window', 'matmul' or 'auto'.
   lrn_impl: str = 'auto'
   # Section 3.4: overlapping pooling z=3, s=2; z=s=2 is the ablation.
   pool_window: int = 3
   pool_stride: int = 2
-  pool_impl: str = 'auto'
+  pool_impl: str = 'auto'     # how max pooling is computed (same values)
   # Section 3.1: ReLU; 'tanh' is the saturating baseline of figure 1.
   activation: str = 'relu'
   # Section 4.2: dropout 0.5 on the outputs of fc6 and fc7.
@@ -352,26 +363,33 @@ class AlexNet(nn.Module):
   # Section 7: "removing any of the middle layers" costs ~2% top-1.
   # 0 keeps all; 3, 4 or 5 removes that conv layer.
   remove_conv: int = 0
-  # 'paper': N(0, std^2) with init_std's std (section 5: 0.01). 'he': N(0,
+  # Section 5: 'paper' is N(0, std^2) with init_std's std. 'he': N(0,
   # 2/fan_in), a named deviation for narrow or shallow-input variants where 0.01
   # makes the signal vanish (init_std is then unused).
   kernel_init: str = 'paper'
-  # The std of each weight layer's Gaussian, conv1..conv5, fc6, fc7, fc8 (one
-  # float: all of them). Section 5: 0.01 everywhere; Caffe's bvlc_alexnet
-  # (train_val.prototxt): 0.005 in fc6 and fc7.
+  # Section 5: the std of each weight layer's Gaussian, conv1..conv5, fc6, fc7,
+  # fc8 (one float: all of them): 0.01 everywhere. Caffe's bvlc_alexnet
+  # (train_val.prototxt): 0.005 in fc6 and fc7, i.e.
+  # --config.model.init_std="(0.01,0.01,0.01,0.01,0.01,0.005,0.005,0.01)".
   init_std: Any = (0.01,) * 8
   # Section 5: "We initialized the neuron biases in the second, fourth, and
   # fifth convolutional layers, as well as in the fully-connected hidden layers,
-  # with the constant 1"; the other biases are 0. Caffe's bvlc_alexnet uses 0.1,
-  # "found necessary for training, as initialization to 1 gave flat loss";
-  # configs/ilsvrc.py's default (issue 17, docs/init_stability.md).
-  bias_init: float = 1.0
+  # with the constant 1"; the other biases are 0. Ours: 0.1, as Caffe's
+  # bvlc_alexnet ("found necessary for training, as initialization to 1 gave
+  # flat loss", models/bvlc_alexnet/readme.md): at the paper's batch 128 and
+  # eps 0.01, biases 1 kill fc7 and the loss stays at chance (issue 17,
+  # docs/init_stability.md). The paper's letter: --config.model.bias_init=1.0.
+  bias_init: float = 0.1
+  # How grouped convolutions (section 3.2) are computed (same values):
+  # 'feature_group', 'split' or 'auto'.
   grouped_conv_impl: str = 'auto'
   # Section 3.2 on a device mesh, set by alexnet_jax.parallel.split_towers:
   # each device along `tower_axis` holds one tower's kernels and maps. None: no
   # sharding annotations (one device, or data parallelism only).
   mesh: Optional[Mesh] = None
   tower_axis: str = 'model'
+  # Compute and parameter dtypes (the paper: float32); bfloat16 compute is
+  # mixed precision.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -387,10 +405,10 @@ class AlexNet(nn.Module):
                        f'images (input_size={self.input_size}), got {x.shape}.')
     if self.remove_conv not in (0, 3, 4, 5):
       raise ValueError(f'remove_conv must be 0, 3, 4 or 5, got {self.remove_conv}.')
-    activation = _activation(self.activation)
+    activation = activation_fn(self.activation)
     g = self.towers
     stds = layer_stds(self.init_std)
-    init = lambda name: _kernel_init(self.kernel_init, stds[name])
+    init = lambda name: kernel_initializer(self.kernel_init, stds[name])
     b = self.bias_init
 
     def act(x, name):  # Section 3.1; its firing fraction for train_step's metrics.
@@ -546,7 +564,7 @@ class Figure1Net(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train  # No dropout: figure 1 uses no regularization.
-    act = lambda x, name: sow_firing(self, name, _activation(self.activation)(x))
+    act = lambda x, name: sow_firing(self, name, activation_fn(self.activation)(x))
     normal = nn.initializers.normal
     conv = functools.partial(Conv, kernel_size=5, padding=2, dtype=self.dtype,
                              param_dtype=self.param_dtype)
@@ -578,58 +596,37 @@ PRESETS = {
     'figure1': Figure1Net,
 }
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-def _recipe_model() -> dict:
-  """configs/ilsvrc.py's config.model: the recipe's values (the one place for
-  them), which every config built on it carries."""
-  from configs import ilsvrc  # pylint: disable=g-import-not-at-top
-  return dict(ilsvrc.get_config().model)
+# config.model.dtype / param_dtype names.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def resolve_model_kwargs(name: str, kwargs: dict) -> dict:
-  """config.model's keys for preset `name`: the preset owns what it fixes.
+  """config.model's keys for preset `name`: those set (not None) as they are.
 
-  A key whose value is only the recipe's (what configs/ilsvrc.py and the
-  configs built on it carry) gives way to the preset: its own widths
-  (alexnet_tiny) or no such field at all (torchvision and figure1 take no LRN,
-  towers, ... keys). A key set to anything else that the preset fixes
-  differently, or does not take, is refused with the keys named.
+  None means "the model's own default" (configs declare the fields they leave
+  to the model as typed placeholders, so that the command line can set them).
+  A set key that the preset fixes to another value, or that it does not take,
+  is refused with the keys named.
   """
   if name not in PRESETS:
     raise ValueError(f'Unknown model {name!r}; choose one of {sorted(PRESETS)}.')
   preset = PRESETS[name]
   cls = getattr(preset, 'func', preset)
-  fixed = dict(getattr(preset, 'keywords', {}))
+  fixed = getattr(preset, 'keywords', {})
   fields = {f for f in cls.__dataclass_fields__ if f not in ('parent', 'name')}
-  paper = _recipe_model()
-
+  given = {k: v for k, v in kwargs.items() if v is not None}
   norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
-  # The recipe's value, or the paper's letter where the recipe deviates from it
-  # (AlexNet's field default, e.g. bias_init=1.0; issue 17).
-  letter = {k: f.default for k, f in AlexNet.__dataclass_fields__.items()}
-  is_paper = lambda k, v: k in paper and (norm(v) == norm(paper[k])
-                                          or norm(v) == norm(letter.get(k, paper[k])))
-  out, conflicts, unknown = {}, [], []
-  for k, v in kwargs.items():
-    if k in fixed and norm(v) != norm(fixed[k]):
-      if not is_paper(k, v):
-        conflicts.append(f'{k}={v!r} (preset: {fixed[k]!r})')
-      continue
-    if k not in fields:
-      if not is_paper(k, v):
-        unknown.append(k)
-      continue
-    out[k] = v
+  conflicts = [f'{k}={v!r} (preset: {fixed[k]!r})' for k, v in given.items()
+               if k in fixed and norm(v) != norm(fixed[k])]
   if conflicts:
     raise ValueError(
         f'config.model sets {", ".join(conflicts)}, which preset {name!r} fixes. '
         f'Set them to the preset\'s values, or use --config.model.name=alexnet with yours.')
+  unknown = sorted(k for k in given if k not in fields)
   if unknown:
-    raise ValueError(f'config.model has keys {sorted(unknown)} that model {name!r} does '
+    raise ValueError(f'config.model has keys {unknown} that model {name!r} does '
                      f'not take; its fields are {sorted(fields)}.')
-  return out
+  return given
 
 
 def create_model(model_config) -> nn.Module:
@@ -637,19 +634,16 @@ def create_model(model_config) -> nn.Module:
 
   ``name`` picks a preset; every other key is a field of that module, so any
   field is overridable from the command line (``--config.model.lrn=False``).
-  Keys that only carry the paper's AlexNet values give way to a preset's own
-  (``resolve_model_kwargs``), so ``--config.model.name=alexnet_tiny`` or
-  ``=torchvision`` work on configs/ilsvrc.py.
+  A key set to None is left to the module's own default.
   """
   kwargs = dict(model_config)
   name = kwargs.pop('name', 'alexnet')
   kwargs = resolve_model_kwargs(name, kwargs)
   if 'init_std' in kwargs:
     layer_stds(kwargs['init_std'])  # Refused here, before any parameter is drawn.
-  if isinstance(kwargs.get('dtype'), str):
-    kwargs['dtype'] = _DTYPES[kwargs['dtype']]
-  if isinstance(kwargs.get('param_dtype'), str):
-    kwargs['param_dtype'] = _DTYPES[kwargs['param_dtype']]
+  for key in ('dtype', 'param_dtype'):
+    if isinstance(kwargs.get(key), str):
+      kwargs[key] = DTYPES[kwargs[key]]
   return PRESETS[name](**kwargs)
 
 

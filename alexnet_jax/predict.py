@@ -72,25 +72,43 @@ def _tuples(tree):
   return tree
 
 
+# What the tools read from a run's config.json: the model's name, classes and
+# crop size (its other keys, absent or None, are the model's own defaults) and
+# the evaluation input (preprocessing, statistics, pixel scale).
+RUN_KEYS = (
+    'model.name', 'model.num_classes', 'model.input_size',
+    'dataset.source', 'dataset.prepared_dir', 'dataset.folder',
+    'input.resize_size', 'input.central_crop', 'input.random_crop', 'input.flip',
+    'input.pca_lighting', 'input.antialias', 'input.fast_train_resample',
+    'input.random_resized_crop', 'input.rrc_area', 'input.rrc_aspect', 'input.mean',
+    'input.pixel_scale', 'input.stats_path', 'input.published_mean_rgb',
+    'input.published_pca_eigval', 'input.published_pca_eigvec')
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """W/config.json as the run wrote it. One written by an earlier version that
+  lacks keys the tools read (RUN_KEYS) is refused, the keys named."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: --workdir must be a directory '
                             'that alexnet_jax.main (or alexnet_jax.convert) wrote.')
   with open(path) as f:
     saved = _tuples(json.load(f))
-  # Keys a run of an earlier version did not record take the recipe's values
-  # (configs/ilsvrc.py, the one place for them).
-  from configs import ilsvrc  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict(_overlay(_tuples(ilsvrc.get_config().to_dict()), saved))
+  missing = [k for k in RUN_KEYS if not _has(saved, k)]
+  if missing:
+    raise ValueError(
+        f'{path} has no {", ".join(missing)}: an earlier version of alexnet_jax wrote '
+        'this run. Add each key to that file with the value the run used (its config '
+        'file as it was then, e.g. `git show REV:configs/ilsvrc.py`), then run this again.')
+  return ml_collections.ConfigDict(saved)
 
 
-def _overlay(base: dict, saved: dict) -> dict:
-  """`saved` with the keys it lacks taken from `base`, recursively."""
-  out = dict(base)
-  for k, v in saved.items():
-    out[k] = _overlay(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-  return out
+def _has(tree: dict, dotted: str) -> bool:
+  for k in dotted.split('.'):
+    if not isinstance(tree, dict) or k not in tree:
+      return False
+    tree = tree[k]
+  return True
 
 
 def load_class_names(workdir: str, config, num_classes: int) -> list:

@@ -34,6 +34,8 @@ Hardware and result: see README (Figure 1); on CIFAR-10 a few minutes per epoch
 on 2 CPU cores, not yet run to completion by us.
 """
 
+import ml_collections
+
 from configs import ilsvrc
 
 
@@ -57,12 +59,13 @@ def get_config(arg=None):
   config.input.mean = 'image'            # cuda-convnet subtracts the training mean image
   config.input.pixel_scale = 1.0         # of 0-255 pixels
 
+  # models.Figure1Net's keys; None = the model's own default.
   config.model = config.model.__class__()
   config.model.name = 'figure1'
   config.model.num_classes = 10
   config.model.input_size = 32
-  config.model.activation = 'tanh' if 'tanh' in tokens else 'relu'
-  config.model.dtype = 'float32'
+  config.model.activation = 'tanh' if 'tanh' in tokens else 'relu'   # section 3.1, figure 1
+  config.model.dtype = ml_collections.config_dict.placeholder(str)
 
   config.batch_size = 128
   config.num_epochs = 35.0

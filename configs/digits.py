@@ -49,7 +49,7 @@ def get_config(arg=None):
   # N(0, 0.01^2) leaves this narrow net's signal too small to learn from in a
   # short run (measured: 90% error, chance, after 30 epochs); He init trains.
   config.model.kernel_init = 'he'
-  # The paper's biases 1 (section 5), not configs/ilsvrc.py's 0.1: with He init
+  # The paper's biases 1 (section 5), not models.AlexNet's 0.1: with He init
   # this net trains with either (2026-12-03, this command: 3.61% / 3.61% top-1
   # error centre / 5 crops with 1, 3.89% / 3.06% with 0.1; no ReLU layer dead).
   config.model.bias_init = 1.0

@@ -20,11 +20,14 @@ Target (paper, ILSVRC-2012 val, one CNN): 40.7% top-1 / 18.2% top-5 error
 (the softmax averaged over ten patches, section 4.1; results in section 6,
 Table 2). The paper reports no single-crop error.
 
+The network's values are models.AlexNet's field defaults (each cites its section); config.model
+sets only name, classes and crop size, the other fields are typed placeholders (None = the model's).
+
 Every number below cites the paper section it comes from; deviations from the
 paper are named switches whose defaults are the paper's, with one exception:
 
 Initial biases 0.1, not the paper's 1 (section 5), in conv2, conv4, conv5, fc6
-and fc7 (config.model.bias_init; the paper's letter: --config.model.bias_init=1.0).
+and fc7 (models.AlexNet.bias_init; the paper's letter: --config.model.bias_init=1.0).
 Caffe's bvlc_alexnet reproduction made the same change, "found necessary for
 training, as initialization to 1 gave flat loss" (models/bvlc_alexnet/readme.md).
 Measured here (2026-12-03, CPU, `python benchmarks/init_stability.py`, table and
@@ -41,6 +44,20 @@ Caffe's 0.005 in fc6/fc7 also trains).
 """
 
 import ml_collections
+
+# models.AlexNet's fields that the recipe leaves to the model, with their types:
+# placeholders (None, the model's own default) so that --config.model.KEY=VALUE
+# can set them (config flags are locked). tests/test_config_checks.py checks
+# this list against the model's fields.
+MODEL_FIELDS = (
+    ('towers', int), ('conv_features', tuple), ('fc_features', int),
+    ('conv1_padding', int), ('lrn', bool), ('lrn_depth_radius', int),
+    ('lrn_bias', float), ('lrn_alpha', float), ('lrn_beta', float),
+    ('lrn_per_tower', bool), ('lrn_impl', str), ('pool_window', int),
+    ('pool_stride', int), ('pool_impl', str), ('activation', str),
+    ('dropout_rate', float), ('remove_conv', int), ('kernel_init', str),
+    ('init_std', tuple), ('bias_init', float), ('grouped_conv_impl', str),
+    ('dtype', str), ('param_dtype', str))
 
 
 def get_config(arg=None):
@@ -112,37 +129,15 @@ def get_config(arg=None):
                                        (-0.5836, -0.6948, 0.4203))
 
   # --------------------------------------------- model (section 3, figure 2)
+  # models.AlexNet's fields are the paper's network (each cites its section;
+  # bias_init 0.1, see above): the recipe names it, the data's classes and the
+  # crop size the input pipeline cuts; MODEL_FIELDS are left to the model.
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'alexnet'
-  config.model.num_classes = 1000
-  config.model.towers = 2                # section 3.2: two GPUs
-  config.model.input_size = 227          # 224 gives conv1 padding 2 (torchvision geometry)
-  config.model.conv_features = (96, 256, 384, 384, 256)  # figure 2
-  config.model.fc_features = 4096
-  config.model.lrn = True                # section 3.3
-  config.model.lrn_depth_radius = 2      # n = 5
-  config.model.lrn_bias = 2.0            # k
-  config.model.lrn_alpha = 1e-4
-  config.model.lrn_beta = 0.75
-  # Section 3.2: the GPUs communicate only in conv3 and the FC layers, so each
-  # GPU normalized its own maps (cuda-convnet's cmrnorm reads one GPU's layer):
-  # windows stop at the tower boundary. False: over all N maps of the layer.
-  config.model.lrn_per_tower = True
-  config.model.pool_window = 3           # section 3.4: z = 3
-  config.model.pool_stride = 2           # s = 2 (overlapping)
-  config.model.activation = 'relu'       # section 3.1
-  config.model.dropout_rate = 0.5        # section 4.2
-  config.model.remove_conv = 0           # section 7 ablation: 3, 4 or 5
-  config.model.kernel_init = 'paper'     # section 5: N(0, std^2); 'he' = N(0, 2/fan_in)
-  # Section 5: std 0.01 in every layer. The stds of conv1..conv5, fc6, fc7, fc8;
-  # Caffe's bvlc_alexnet: --config.model.init_std="(0.01,0.01,0.01,0.01,0.01,0.005,0.005,0.01)".
-  config.model.init_std = (0.01,) * 8
-  # Section 5: biases 1 in conv2, conv4, conv5, fc6 and fc7 (0 elsewhere). Ours:
-  # 0.1, as Caffe's bvlc_alexnet; at batch 128 and eps 0.01 biases 1 kill fc7
-  # and the loss stays at chance (docstring above, docs/init_stability.md).
-  # The paper's letter: --config.model.bias_init=1.0.
-  config.model.bias_init = 0.1
-  config.model.dtype = 'float32'         # compute dtype; 'bfloat16' for mixed precision
+  config.model.name = 'alexnet'          # section 3; 'alexnet_tiny', 'torchvision', 'figure1'
+  config.model.num_classes = 1000        # section 2: ILSVRC's 1000 categories
+  config.model.input_size = 227          # crop size; 224 gives conv1 padding 2 (torchvision geometry)
+  for key, kind in MODEL_FIELDS:
+    config.model[key] = ml_collections.config_dict.placeholder(kind)
 
   # ------------------------------------------------- training (section 5)
   config.batch_size = 128                # global batch

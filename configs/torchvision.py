@@ -21,18 +21,21 @@ Deviations from configs/ilsvrc.py: the model (no LRN, no towers, 64-192-384-
 256-256 maps) and the input above.
 """
 
+import ml_collections
+
 from configs import ilsvrc
 
 
 def get_config(arg=None):
   config = ilsvrc.get_config(arg)
   num_classes = config.model.num_classes
+  # models.TorchvisionAlexNet's keys; None = the model's own default.
   config.model = config.model.__class__()
   config.model.name = 'torchvision'
   config.model.num_classes = num_classes
   config.model.input_size = 224
-  config.model.dropout_rate = 0.5
-  config.model.dtype = 'float32'
+  config.model.dropout_rate = ml_collections.config_dict.placeholder(float)
+  config.model.dtype = ml_collections.config_dict.placeholder(str)
 
   config.input.antialias = True
   config.input.mean = 'channel'

@@ -277,3 +277,65 @@ def test_main_refuses_a_workdir_that_cannot_be_created(tmp_path):
   assert out.returncode == 2, out.stderr
   assert 'cannot be created or written in /proc' in out.stderr and 'Traceback' not in out.stderr
   assert not os.path.exists('/proc/alexnet_w')
+
+
+# --------------------------------------------------------------------------
+# One place for each default (issue 25): the model's fields, the run's config
+# --------------------------------------------------------------------------
+
+
+def test_ilsvrc_declares_every_other_model_field_as_a_placeholder():
+  """configs/ilsvrc.py's MODEL_FIELDS are AlexNet's fields (less the mesh, which
+  alexnet_jax.parallel sets), unset: the model's defaults."""
+  from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+  fields = set(models.AlexNet.__dataclass_fields__) - {'parent', 'name', 'mesh', 'tower_axis'}
+  model = ilsvrc.get_config().model
+  assert {k for k, _ in ilsvrc.MODEL_FIELDS} == fields - {'num_classes', 'input_size'}
+  assert set(model) == fields | {'name'}
+  assert all(model[k] is None for k, _ in ilsvrc.MODEL_FIELDS)
+
+
+def test_model_placeholders_parse_from_the_command_line():
+  """Tuple, float, bool, int and str placeholders take --config.model.KEY=VALUE
+  (ml_collections' config flags are locked: the key must exist)."""
+  from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import sweep  # pylint: disable=g-import-not-at-top
+  config, _ = sweep.parse_main_flags([
+      '--config=configs/ilsvrc.py', '--workdir=w', '--config.model.conv_features=(8,16,24,24,16)',
+      '--config.model.lrn=False', '--config.model.bias_init=1', '--config.model.init_std=0.005',
+      '--config.model.towers=1', '--config.model.activation=tanh', '--config.model.dtype=bfloat16'])
+  model = config.model
+  assert (model.conv_features, model.lrn, model.bias_init, model.init_std, model.towers,
+          model.activation) == ((8, 16, 24, 24, 16), False, 1.0, (0.005,), 1, 'tanh')
+  assert isinstance(model.bias_init, float)
+  net = models.create_model(model)
+  assert (net.conv_features, net.lrn, net.bias_init, net.towers, net.fc_features) == (
+      (8, 16, 24, 24, 16), False, 1.0, 1, 4096)
+  with pytest.raises(Exception, match='towers'):
+    sweep.parse_main_flags(['--config=configs/ilsvrc.py', '--workdir=w',
+                            '--config.model.towers=1.5'])
+
+
+@pytest.mark.parametrize('module', [digits, ilsvrc, imagenette, cifar10, torchvision])
+def test_tools_read_the_runs_own_config(tmp_path, module):
+  """predict.load_config: W/config.json as written, the same model (no overlay)."""
+  from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+  config = module.get_config()
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  loaded = predict.load_config(str(tmp_path))
+  assert loaded.to_dict() == config.to_dict()
+  assert repr(models.create_model(loaded.model)) == repr(models.create_model(config.model))
+  assert input_pipeline.make_recipe(loaded) == input_pipeline.make_recipe(config)
+
+
+def test_a_run_of_an_earlier_version_names_its_missing_keys(tmp_path):
+  from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+  saved = json.loads(digits.get_config().to_json_best_effort())
+  del saved['input']['fast_train_resample'], saved['model']['input_size']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(ValueError) as e:
+    predict.load_config(str(tmp_path))
+  message = str(e.value)
+  assert 'has no model.input_size, input.fast_train_resample: an earlier version' in message
+  assert 'Add each key' in message and str(tmp_path / 'config.json') in message

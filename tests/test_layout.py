@@ -66,6 +66,27 @@ def test_tools_do_not_import_the_loop(tool):
   assert 'train' not in imports_of(tool)
 
 
+def test_no_module_imports_configs():
+  """configs/ are data: the code owns its defaults and never reads a config file
+  by import (issue 25); the configs import nothing of alexnet_jax."""
+  def imported(path):
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom):
+        yield node.module or ''
+      elif isinstance(node, ast.Import):
+        yield from (a.name for a in node.names)
+  found = [f'{m}: {name}' for m in MODULES
+           for name in imported(os.path.join(PACKAGE, m + '.py'))
+           if name.split('.')[0] == 'configs']
+  assert not found, found
+  configs = os.path.join(ROOT, 'configs')
+  found = [f'{f}: {name}' for d in (configs, os.path.join(configs, 'sweeps'))
+           for f in os.listdir(d) if f.endswith('.py')
+           for name in imported(os.path.join(d, f)) if name.split('.')[0] == 'alexnet_jax']
+  assert not found, found
+
+
 def test_no_function_is_long():
   """Small functions (issue 19: none over ~80 lines)."""
   long = []

@@ -93,8 +93,9 @@ def _numpy_variables(model, seed=0, kernel_std=0.01):
 
 @pytest.fixture(scope='module')
 def paper_variables():
-  """Real paper-init variables of AlexNet(towers=2); 227 and 224 share them."""
-  model = models.AlexNet()
+  """Real paper-init variables of AlexNet(towers=2) with the paper's biases 1
+  (section 5; the model's default is 0.1); 227 and 224 share them."""
+  model = models.AlexNet(bias_init=1.0)
   return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 227, 227, 3)))
 
 
@@ -424,8 +425,23 @@ def test_unknown_activation_and_model_keys_fail():
     models.create_model({'name': 'alexnet', 'lrn_size': 5})
 
 
+def test_the_model_owns_its_defaults():
+  """One place for each default (issue 25): configs/ilsvrc.py names the model,
+  its classes and crop size, and leaves every other field to AlexNet (None)."""
+  from configs import ilsvrc  # pylint: disable=g-import-not-at-top
+  model_config = ilsvrc.get_config().model
+  assert models.create_model(model_config) == models.AlexNet()
+  given = models.resolve_model_kwargs('alexnet', {k: v for k, v in model_config.items()
+                                                  if k != 'name'})
+  assert given == {'num_classes': 1000, 'input_size': 227}
+  # bias_init: 0.1 (Caffe's, docs/init_stability.md); the paper's 1 is one flag away.
+  assert models.AlexNet().bias_init == 0.1
+  model_config.bias_init = 1.0
+  assert models.create_model(model_config).bias_init == 1.0
+
+
 def test_presets_own_their_widths_and_refuse_conflicts():
-  # configs/ilsvrc.py carries the paper's widths: the preset's own replace them.
+  # configs/ilsvrc.py leaves the widths to the model (None): the preset's own.
   from configs import digits, ilsvrc  # pylint: disable=g-import-not-at-top
   config = ilsvrc.get_config()
   config.model.name = 'alexnet_tiny'
@@ -440,12 +456,13 @@ def test_presets_own_their_widths_and_refuse_conflicts():
 
 
 def test_torchvision_from_the_ilsvrc_config():
-  # The AlexNet-only keys (towers, lrn, ...) at the paper's values are dropped.
+  # The AlexNet-only keys (towers, lrn, ...), unset (None) in configs/ilsvrc.py,
+  # are dropped.
   from configs import ilsvrc, torchvision  # pylint: disable=g-import-not-at-top
   config = ilsvrc.get_config()
   config.model.name = 'torchvision'
   assert summary.param_count(models.create_model(config.model)) == TORCHVISION_PARAMS
-  config.model.lrn = False  # Not the paper's value: a key torchvision does not take.
+  config.model.lrn = False  # Set: a key torchvision does not take.
   with pytest.raises(ValueError, match=r"\['lrn'\].*'torchvision'"):
     models.create_model(config.model)
   assert summary.param_count(models.create_model(torchvision.get_config().model)) == TORCHVISION_PARAMS
