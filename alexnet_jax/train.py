@@ -100,7 +100,7 @@ class Run:
   eval_steps: Mapping[bool, Callable]  # ten_crop -> (params, batch) -> sums, jitted
 
 
-def _device_stats(stats: augment.Stats, mesh: Mesh) -> tuple[augment.Stats, Any]:
+def _device_stats(stats: augment.DeviceStats, mesh: Mesh) -> tuple[augment.DeviceStats, Any]:
   sharding = augment.stats_shardings(parallel.replicated(mesh))
   stats = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
                        stats, sharding)
@@ -121,16 +121,19 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
   # ----------------------------------------------------------------- input
   # The same epoch length as the input stream's (it drops each pass's remainder).
   spe = input_pipeline.steps_per_epoch(data.info.num_train, config.batch_size)
-  num_steps = optimizer_lib.total_steps(config, spe)
+  num_steps = optimizer_lib.total_steps(config.num_train_steps, config.num_epochs, spe)
   # Section 2 / 4.1 statistics (mean image, PCA), passed to the jitted steps,
   # which finish the preprocessing on the device.
-  stats, stats_sharding = _device_stats(stats_lib.for_run(config, data), mesh)
+  stats, stats_sharding = _device_stats(stats_lib.for_run(
+      stats_lib.Settings.of(**config.input), input_pipeline.Dataset(**config.dataset),
+      lambda: input_pipeline.stats_images(data)), mesh)
   pixel_scale = augment.pixel_scale_of(config.input.pixel_scale)  # float or (R, G, B)
 
   # ----------------------------------------------------------------- model
   # Section 3.2: one tower per device on the mesh's 'model' axis (if > 1).
   model = parallel.split_towers(models.create_model(config.model), mesh)
-  tx = optimizer_lib.make_optimizer(config, spe)
+  tx = optimizer_lib.make_optimizer(optimizer_lib.Hyper(**config.optimizer),
+                                    optimizer_lib.Schedule(**config.schedule), spe, num_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract_state = jax.eval_shape(
       functools.partial(steps_lib.create_train_state, model=model, tx=tx), init_rng)
@@ -212,8 +215,9 @@ def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, 
                     out_shardings=run.state_sharding)(run.init_rng)
     if config.init_from:  # Fine-tune: another run's parameters (not its optimizer).
       state = state.replace(params=init_params_from(config, state.params))
-  opt_state = optimizer_lib.apply_config_to_opt_state(state.opt_state, config,
-                                                      int(state.plateau['drops']))
+  opt_state = optimizer_lib.apply_hyperparams(
+      state.opt_state, optimizer_lib.Hyper(**config.optimizer),
+      optimizer_lib.Schedule(**config.schedule), int(state.plateau['drops']))
   return jax.device_put(state.replace(opt_state=opt_state), run.state_sharding), progress
 
 
@@ -281,7 +285,7 @@ def evaluate_and_update(run: Run, state: TrainState, step: int, loop: 'Loop'
     plateau, drop = optimizer_lib.plateau_update(
         jax.device_get(state.plateau), results['eval_top1_error'], config.schedule)
     opt_state = optimizer_lib.set_lr_scale(
-        state.opt_state, optimizer_lib.plateau_scale(config, plateau['drops']))
+        state.opt_state, optimizer_lib.plateau_scale(config.schedule, plateau['drops']))
     if drop:
       logging.info('Validation error stopped improving: learning rate divided by %g '
                    '(drop %d of %d).', 1 / config.schedule.factor, int(plateau['drops']),

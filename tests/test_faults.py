@@ -515,8 +515,10 @@ def test_plateau_drop_composes_with_warmup_and_the_logged_lr_is_the_one_used():
   config = cfg(**{'schedule.name': 'plateau', 'schedule.warmup_epochs': 1.0,
                           'optimizer.weight_decay': 0.0, 'optimizer.momentum': 0.0})
   spe = 4
-  fn = optimizer.learning_rate_schedule(config, spe)
-  tx = optimizer.make_optimizer(config, spe)
+  hyper, schedule = optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule)
+  num_steps = optimizer.total_steps(config.num_train_steps, config.num_epochs, spe)
+  fn = optimizer.learning_rate_schedule(hyper, schedule, spe, num_steps)
+  tx = optimizer.make_optimizer(hyper, schedule, spe, num_steps)
 
   model = _Linear()
   params = model.init(jax.random.PRNGKey(0), np.zeros((1, 2), np.float32))['params']

@@ -47,7 +47,7 @@ def _network_inputs(config, images, ten_crop=False):
   (digits: 5 patches, no reflections), the pixel scale applied."""
   assert config.input.resize_size == 76 and config.model.input_size == 67
   assert not config.input.flip and config.input.mean == 'channel'
-  stats = stats_lib.for_run(config)
+  stats = predict.run_stats(config)
   x = images.astype(np.float64) - np.asarray(stats.mean, np.float64)  # (1, 1, 3) channel mean
   if ten_crop:
     x = np.stack([x[:, y:y + 67, z:z + 67] for y, z in ((0, 0), (0, 9), (9, 0), (9, 9), (4, 4))],
