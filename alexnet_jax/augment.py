@@ -15,8 +15,9 @@ float pixel and the device receives 1 byte per pixel:
     example, cut here into the four corner and the centre patches and their
     reflections; or, for the centre crop alone, the uint8 centre patch.
 
-Statistics (``Stats`` below) are resolved once per run (``stats.for_config``)
-and passed to the jitted steps as arguments.
+Statistics (``DeviceStats`` below: the arrays the device uses, made by
+``stats.for_device`` from the computed or published ``stats.Stats``) are
+resolved once per run and passed to the jitted steps as arguments.
 
 Pixel scale. Pixels are 0-255. The mean (image or per channel) is on that
 scale, as in Caffe. PCA lighting (section 4.1, "add multiples of the found
@@ -47,7 +48,7 @@ TEN_CROP_ORDER = ('top_left', 'top_right', 'bottom_left', 'bottom_right',
 PixelScale = Union[float, Tuple[float, float, float]]
 
 
-class Stats(NamedTuple):
+class DeviceStats(NamedTuple):
   """Input statistics as device arrays (a pytree, passed to jit).
 
   mean: float32 (R, R, 3) mean image or (1, 1, 3) per-channel mean, 0-255
@@ -60,10 +61,10 @@ class Stats(NamedTuple):
 
 
 def make_stats(mean: np.ndarray = None, eigval: np.ndarray = None,
-               eigvec: np.ndarray = None) -> Stats:
-  """Stats from NumPy arrays; None: no mean (zeros (1, 1, 3)) / no PCA (zeros)."""
+               eigvec: np.ndarray = None) -> DeviceStats:
+  """DeviceStats from NumPy arrays; None: no mean (zeros (1, 1, 3)) / no PCA (zeros)."""
   f32 = lambda x, shape: np.zeros(shape, np.float32) if x is None else np.asarray(x, np.float32)
-  return Stats(f32(mean, (1, 1, 3)), f32(eigval, (3,)), f32(eigvec, (3, 3)))
+  return DeviceStats(f32(mean, (1, 1, 3)), f32(eigval, (3,)), f32(eigvec, (3, 3)))
 
 
 def eval_offsets(base: int, crop: int) -> Tuple[Tuple[int, int], ...]:
@@ -110,12 +111,12 @@ def scale_pixels(x: jax.Array, pixel_scale: PixelScale) -> jax.Array:
   return x * pixel_scale if pixel_scale != 1 else x
 
 
-def pca_noise(alpha: jax.Array, stats: Stats) -> jax.Array:
+def pca_noise(alpha: jax.Array, stats: DeviceStats) -> jax.Array:
   """alpha (b, 3) -> (b, 3) RGB offsets 255 * P (alpha * lambda) on 0-255 pixels."""
   return 255.0 * (alpha * stats.eigval[None]) @ stats.eigvec.T
 
 
-def train_images(batch: dict, stats: Stats, pixel_scale: PixelScale = 1.0) -> jax.Array:
+def train_images(batch: dict, stats: DeviceStats, pixel_scale: PixelScale = 1.0) -> jax.Array:
   """Training batch -> float32 (b, S, S, 3) network inputs (section 4.1).
 
   batch: 'image' uint8 (b, S, S, 3), 'offset' int32 (b, 2), 'flip' bool (b,),
@@ -131,7 +132,7 @@ def train_images(batch: dict, stats: Stats, pixel_scale: PixelScale = 1.0) -> ja
   return scale_pixels(x, pixel_scale)
 
 
-def eval_images(images: jax.Array, stats: Stats, crop_size: int,
+def eval_images(images: jax.Array, stats: DeviceStats, crop_size: int,
                 num_crops: int = 1, pixel_scale: PixelScale = 1.0) -> jax.Array:
   """Evaluation inputs (section 4.1), float32.
 
@@ -161,6 +162,6 @@ def eval_images(images: jax.Array, stats: Stats, crop_size: int,
   return scale_pixels(x, pixel_scale)
 
 
-def stats_shardings(sharding) -> Stats:
-  """The replicated sharding of a Stats, for jit's in_shardings."""
-  return Stats(sharding, sharding, sharding)
+def stats_shardings(sharding) -> DeviceStats:
+  """The replicated sharding of a DeviceStats, for jit's in_shardings."""
+  return DeviceStats(sharding, sharding, sharding)

@@ -120,7 +120,7 @@ def _check_input(c: _Checks) -> None:
   from alexnet_jax import stats as stats_lib  # pylint: disable=g-import-not-at-top
   if c.one_of('dataset.source', data_sources.SOURCES):
     try:  # a folder or prepared_dir the named source would ignore
-      data_sources.source_name(c.config)
+      data_sources.source_name(c.config.dataset)
     except ValueError as e:
       c.problems.append(str(e))
   c.one_of('input.mean', stats_lib.MEAN_MODES)

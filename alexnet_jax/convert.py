@@ -170,7 +170,8 @@ def write_workdir(workdir: str, config, params: Mapping[str, Any],
   from alexnet_jax import optimizer  # pylint: disable=g-import-not-at-top
   from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model)
-  tx = optimizer.make_optimizer(config, steps_per_epoch=1)
+  tx = optimizer.make_optimizer(optimizer.Hyper(**config.optimizer),
+                              optimizer.Schedule(**config.schedule), 1, 1)
   fresh = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
   extra = sorted(set(params) - set(fresh.params))
   if extra:

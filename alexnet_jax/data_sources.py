@@ -434,7 +434,7 @@ def tfds_build_command(spec) -> str:
 
 
 def _tfds_not_found(spec, builder=None) -> DatasetNotFoundError:
-  """spec: config.dataset or a _TfdsSpec."""
+  """spec: a Dataset or a _TfdsSpec."""
   name, data_dir = spec.name, tfds_data_dir(spec)
   manual = builder is not None and getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
   if name.split(':')[0].split('/')[0] == 'imagenet2012' or manual:
@@ -459,7 +459,7 @@ def _tfds_not_found(spec, builder=None) -> DatasetNotFoundError:
 
 
 def _tfds_builder(spec):
-  """spec: config.dataset or a _TfdsSpec."""
+  """spec: a Dataset or a _TfdsSpec."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.builder(spec.name, data_dir=spec.data_dir)
@@ -536,17 +536,17 @@ def check_download_reachable(builder, spec, timeout: float = 5.0) -> None:
           f'--config.dataset.data_dir=<that copy>.') from None
 
 
-def prepare_tfds(config) -> None:
-  """Prepares config.dataset.name in config.dataset.data_dir (manual files in manual_dir).
+def prepare_tfds(ds: 'Dataset') -> None:
+  """Prepares tfds ds.name in ds.data_dir (manual files in ds.manual_dir).
 
   ``python -m alexnet_jax.prepare --tfds_build`` runs this: tfds' builder's
   download_and_prepare, which needs no apache_beam (``tfds build`` does).
   """
-  _download_and_prepare(config.dataset)
+  _download_and_prepare(ds)
 
 
 def _download_and_prepare(spec) -> None:
-  """spec: config.dataset or a _TfdsSpec."""
+  """spec: a Dataset or a _TfdsSpec."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(spec)
   if builder.is_prepared():
@@ -646,9 +646,28 @@ def read_manifest(root: str) -> dict:
 SOURCES = ('auto', 'tfds', 'folder', 'digits', 'prepared')
 
 
-def source_name(config) -> str:
-  """config.dataset.source with 'auto' resolved (raises on an ambiguous config)."""
-  ds = config.dataset
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """config.dataset, field for field: `Dataset(**config.dataset)`."""
+  source: str                  # SOURCES
+  name: str                    # tfds builder name
+  data_dir: Optional[str]      # tfds data_dir
+  manual_dir: Optional[str]    # tfds manual files (the ILSVRC tars)
+  folder: Optional[str]        # source='folder': root/{train,val}/CLASS/*.jpg
+  prepared_dir: Optional[str]  # source='prepared': `python -m alexnet_jax.prepare`'s output
+  download: bool               # tfds: download if missing
+  train_split: str
+  eval_split: str
+  image_key: str
+  label_key: str
+  shuffle_buffer: int
+  cache: bool
+  prefetch: int                # batches prefetched to device (the training loop's)
+  threads: int                 # tf.data threads; 0 = one per CPU core
+
+
+def source_name(ds: Dataset) -> str:
+  """ds.source with 'auto' resolved (raises on an ambiguous config)."""
   source, folder, prepared = ds.source, ds.folder, ds.prepared_dir
   if source not in SOURCES:
     raise ValueError(f'config.dataset.source={source!r}; expected one of '
@@ -668,11 +687,10 @@ def source_name(config) -> str:
   return source
 
 
-def describe(config) -> str:
-  """The data config.dataset reads, in words for logs and files: 'tfds
-  imagenet2012', 'folder /data/pets', 'prepared /data/256 (from folder
-  /data/pets)', 'digits'."""
-  ds, name = config.dataset, source_name(config)
+def describe(ds: Dataset) -> str:
+  """The data `ds` reads, in words for logs and files: 'tfds imagenet2012',
+  'folder /data/pets', 'prepared /data/256 (from folder /data/pets)', 'digits'."""
+  name = source_name(ds)
   if name == 'tfds':
     return f'tfds {ds.name}'
   if name == 'folder':
@@ -687,10 +705,10 @@ def describe(config) -> str:
   return name
 
 
-def for_config(config) -> Source:
-  """The source config.dataset names."""
-  ds = config.dataset
-  source = source_name(config)
+def for_dataset(ds: Dataset, resize_size: int, antialias: bool) -> Source:
+  """The source `ds` names. resize_size, antialias: config.input's, which a
+  prepared source's images must have been resampled with (section 2's R x R)."""
+  source = source_name(ds)
   if source == 'digits':
     return _digits_source()
   if source == 'folder':
@@ -702,7 +720,7 @@ def for_config(config) -> Source:
           'output_dir of `python -m alexnet_jax.prepare --config=... --output_dir=DIR`.')
     src = _prepared_source(ds.prepared_dir, ds.train_split, ds.eval_split,
                            ds.shuffle_buffer, ds.cache)
-    _check_prepared_matches(config)
+    _check_prepared_matches(ds.prepared_dir, resize_size, antialias)
     return src
   return _tfds_source(_TfdsSpec(
       ds.name, ds.data_dir, ds.manual_dir, ds.image_key, ds.label_key,
@@ -710,20 +728,19 @@ def for_config(config) -> Source:
       bool(ds.download)))
 
 
-def _check_prepared_matches(config) -> None:
-  """The prepared images must be the R x R images this config's recipe starts from."""
-  manifest = read_manifest(config.dataset.prepared_dir)
-  if manifest['resize_size'] != config.input.resize_size:
+def _check_prepared_matches(prepared_dir: str, resize_size: int, antialias: bool) -> None:
+  """The prepared images must be the R x R images the recipe starts from."""
+  manifest = read_manifest(prepared_dir)
+  if manifest['resize_size'] != resize_size:
     raise ValueError(
-        f'{config.dataset.prepared_dir} holds {manifest["resize_size"]}x'
+        f'{prepared_dir} holds {manifest["resize_size"]}x'
         f'{manifest["resize_size"]} images but config.input.resize_size='
-        f'{config.input.resize_size}; prepare again with this resize_size or set it '
+        f'{resize_size}; prepare again with this resize_size or set it '
         f'to {manifest["resize_size"]}.')
-  if manifest['antialias'] != bool(config.input.antialias):
+  if manifest['antialias'] != bool(antialias):
     logging.log_first_n(
         logging.WARNING, '%s was resampled with antialias=%s, config.input.antialias=%s.',
-        1, config.dataset.prepared_dir, manifest['antialias'],
-        config.input.antialias)
+        1, prepared_dir, manifest['antialias'], antialias)
 
 
 def info_of(source: Source) -> DatasetInfo:
@@ -731,8 +748,3 @@ def info_of(source: Source) -> DatasetInfo:
   return DatasetInfo(source.split(source.train_split).size,
                      source.split(source.eval_split).size, source.num_classes,
                      source.class_names)
-
-
-def dataset_info(config) -> DatasetInfo:
-  """Sizes and classes of the dataset config.dataset names (resolves it)."""
-  return info_of(for_config(config))

@@ -169,9 +169,10 @@ def train_images(config, n: int, batch_size: int = 64,
   crops, with labels. `label`: print progress lines under that name."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config = centre_crop_config(config)
-  n = min(n, input_pipeline.dataset_info(config).num_train)
+  data = input_pipeline.resolve(config)
+  n = min(n, data.info.num_train)
   batch_size = min(batch_size, n)
-  it = input_pipeline.train_iterator(input_pipeline.resolve(config), batch_size=batch_size)
+  it = input_pipeline.train_iterator(data, batch_size=batch_size)
   meter = progress.Meter(label, n // batch_size * batch_size) if label else None
   batches = []
   for _ in range(n // batch_size):
@@ -269,8 +270,10 @@ def _cifar10_stats(config, output_dir: str) -> str:
   if not os.path.exists(path):
     data = input_pipeline.resolve(config)
     meter = progress.Meter('fig1: CIFAR-10 mean image', data.info.num_train)
+    source = stats.computed_source(input_pipeline.data_sources.describe(
+        input_pipeline.Dataset(**config.dataset)), config.dataset.train_split)
     stats.save(stats.compute(meter.iterate(input_pipeline.stats_images(data)),
-                             source=stats.computed_source(config)), path)
+                             source=source), path)
   return path
 
 
@@ -282,7 +285,7 @@ def figure1_configs(data: str, epochs: float, learning_rates: dict, output_dir: 
     config = load_config('configs/cifar10.py', f'{act},digits' if data == 'digits' else act)
     if data == 'cifar10':
       config.input.stats_path = _cifar10_stats(config, output_dir)
-    spe = input_pipeline.steps_per_epoch(input_pipeline.dataset_info(config).num_train,
+    spe = input_pipeline.steps_per_epoch(input_pipeline.resolve(config).info.num_train,
                                          config.batch_size)
     config.num_epochs = float(epochs)
     config.log_every_steps = spe           # train_top1_error = the epoch's mean
@@ -315,7 +318,7 @@ def fig1(output_dir: str, data: str = 'cifar10', epochs: float = 35,
               "(its step lines give that run's ETA)")
     train.train_and_evaluate(config, workdir)
     meter.update(1)
-    spe = input_pipeline.steps_per_epoch(input_pipeline.dataset_info(config).num_train,
+    spe = input_pipeline.steps_per_epoch(input_pipeline.resolve(config).info.num_train,
                                          config.batch_size)
     curve = [(s / spe, v) for s, v in report.read_scalars(workdir)['train_top1_error']]
     result['runs'][act] = {

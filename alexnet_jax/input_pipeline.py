@@ -56,6 +56,7 @@ listed by ``corrupt_images()``.
 """
 
 import dataclasses
+import inspect
 import math
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -67,7 +68,7 @@ from alexnet_jax import data_sources
 from alexnet_jax import preprocessing as pp
 # Re-exported: callers see one input module.
 from alexnet_jax.data_sources import (  # noqa: F401  pylint: disable=unused-import
-    DatasetInfo, DatasetNotFoundError, dataset_info, prepare_tfds)
+    Dataset, DatasetInfo, DatasetNotFoundError, prepare_tfds)
 
 _INF_EPOCHS = 2**62
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -97,30 +98,29 @@ def _report_corrupt(names: Sequence[bytes], where: str) -> None:
 # --------------------------------------------------------------------------
 
 
-def make_recipe(config) -> pp.Recipe:
-  """config.input as a preprocessing.Recipe (the host's settings). Every value
-  comes from the config (configs/ilsvrc.py is the one place for defaults)."""
-  inp = config.input
-  return pp.Recipe(
-      resize_size=inp.resize_size,
-      crop_size=config.model.input_size,
-      central_crop=inp.central_crop,
-      random_crop=inp.random_crop,
-      flip=inp.flip,
-      pca_std=float(inp.pca_lighting),
-      antialias=inp.antialias,
-      fast_train_resample=inp.fast_train_resample,
-      random_resized_crop=inp.random_resized_crop,
-      rrc_area=tuple(inp.rrc_area),
-      rrc_aspect=tuple(inp.rrc_aspect),
-      base_jpegs=_prepared_jpegs(config))
+def make_recipe(crop_size: int, base_jpegs: bool = False, *, pca_lighting: float,
+                **inp) -> pp.Recipe:
+  """The host's settings (section 2, 4.1) as a preprocessing.Recipe, from
+  config.input's values: `make_recipe(config.model.input_size, **config.input)`.
+
+  Every field of the Recipe is the config.input key of the same name (so a new
+  one needs no code here), except crop_size (config.model.input_size), pca_std
+  (config.input.pca_lighting) and base_jpegs (the source is prepared R x R
+  JPEGs). Keys the Recipe does not name (the statistics', pixel_scale) are the
+  device's. configs/ilsvrc.py is the one place for the values.
+  """
+  fields = inspect.signature(pp.Recipe).parameters
+  host = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+          for k, v in inp.items() if k in fields}
+  return pp.Recipe(crop_size=crop_size, pca_std=float(pca_lighting), base_jpegs=base_jpegs,
+                   **host)
 
 
-def _prepared_jpegs(config) -> bool:
+def _prepared_jpegs(ds: data_sources.Dataset) -> bool:
   """Whether the source is prepared R x R JPEGs (the resize_size is checked on loading)."""
-  if data_sources.source_name(config) != 'prepared' or not config.dataset.prepared_dir:
+  if data_sources.source_name(ds) != 'prepared' or not ds.prepared_dir:
     return False
-  return data_sources.read_manifest(config.dataset.prepared_dir).get('encoding') == 'jpeg'
+  return data_sources.read_manifest(ds.prepared_dir).get('encoding') == 'jpeg'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +144,16 @@ class Input:
 
 def resolve(config) -> Input:
   """config.dataset and config.input resolved once (raises DatasetNotFoundError
-  with the preparation steps when the data is missing)."""
-  source = data_sources.for_config(config)
-  return Input(source=source, recipe=make_recipe(config),
+  with the preparation steps when the data is missing).
+
+  The input's one reader of the whole config: everything below takes the Input.
+  """
+  ds, inp = data_sources.Dataset(**config.dataset), config.input
+  source = data_sources.for_dataset(ds, inp.resize_size, inp.antialias)
+  return Input(source=source,
+               recipe=make_recipe(config.model.input_size, _prepared_jpegs(ds), **inp),
                info=data_sources.info_of(source), seed=int(config.seed),
-               threads=int(config.dataset.threads))
+               threads=int(ds.threads))
 
 
 def _options(threads: int) -> tf.data.Options:

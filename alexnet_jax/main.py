@@ -40,7 +40,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv=None) -> None
   flags.mark_flags_as_required(['workdir'], flag_values=flag_values)
 
 
-def main(argv) -> None:
+def main(argv, hooks=()) -> None:
+  """`hooks`: extra supervisor hooks (train.train_and_evaluate; the fault tests')."""
   del argv
   # Keep TensorFlow (the input pipeline) off the accelerators JAX uses. (cli.run
   # has imported it, quietly.)
@@ -50,7 +51,7 @@ def main(argv) -> None:
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize_distributed()
-  train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, hooks)
 
 
 def run() -> None:

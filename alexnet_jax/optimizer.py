@@ -1,18 +1,22 @@
 """The optimizer of section 5 as optax transformations, and its schedules.
 
-    tx = make_optimizer(config, steps_per_epoch)
+    hyper, schedule = Hyper(**config.optimizer), Schedule(**config.schedule)
+    tx = make_optimizer(hyper, schedule, steps_per_epoch, total_steps)
 
 The update rule (`paper_momentum`), which parameters decay (`decay_mask`), the
 step-indexed schedules (`learning_rate_schedule`) and the plateau schedule
 ("divide the learning rate by 10 when the validation error rate stopped
 improving", section 5), whose divisions live in the optimizer state as the
-`lr_scale` hyperparameter (`plateau_update`, `set_lr_scale`). Pure functions of
-the config; no training loop here.
+`lr_scale` hyperparameter (`plateau_update`, `set_lr_scale`). `Hyper` and
+`Schedule` mirror config.optimizer and config.schedule field for field, so a
+new key there is a new field here (and nowhere else). Pure functions; no
+training loop here.
 """
 
+import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,14 +64,37 @@ WEIGHT_DECAY_ON = ('all', 'kernels')   # config.optimizer.weight_decay_on
 SCHEDULES = ('plateau', 'step', 'cosine', 'constant')   # config.schedule.name
 
 
-def total_steps(config, spe: int) -> int:
-  if config.num_train_steps > 0:
-    return int(config.num_train_steps)
-  return int(math.ceil(config.num_epochs * spe))
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+  """config.optimizer: section 5's update rule and its hyperparameters."""
+  learning_rate: float   # eps, "initialized at 0.01"
+  momentum: float        # 0.9
+  weight_decay: float    # 0.0005
+  weight_decay_on: str   # WEIGHT_DECAY_ON
+  rule: str              # OPTIMIZER_RULES
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """config.schedule: how eps changes (section 5: divided by 10 on a plateau)."""
+  name: str              # SCHEDULES
+  factor: float          # eps multiplier per drop / step
+  patience: int          # plateau: evaluations without improvement before a drop
+  min_delta: float       # plateau: improvement in top-1 error that resets patience
+  max_drops: int         # plateau: "reduced three times prior to termination"
+  step_epochs: Sequence[float]  # step: the epochs of the drops
+  warmup_epochs: float   # linear warmup from 0 (0: none)
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> Callable:
+
+def total_steps(num_train_steps: int, num_epochs: float, spe: int) -> int:
+  """The run's length: num_train_steps if > 0, else num_epochs passes of spe steps."""
+  if num_train_steps > 0:
+    return int(num_train_steps)
+  return int(math.ceil(num_epochs * spe))
+
+
+def learning_rate_schedule(hyper: Hyper, s: Schedule, steps_per_epoch: int,
+                           num_steps: int) -> Callable:
   """eps as a function of the step (before the plateau factor).
 
   The plateau schedule ("divide by 10 when the validation error stops
@@ -76,16 +103,15 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> Callable:
   `lr_scale` hyperparameter (`set_lr_scale`), and eps = schedule(step) * lr_scale,
   so they compose with a warmup.
   """
-  s, base = config.schedule, config.optimizer.learning_rate
+  base = hyper.learning_rate
   warmup = int(round(s.warmup_epochs * steps_per_epoch))
-  total = total_steps(config, steps_per_epoch)
   if s.name in ('plateau', 'constant'):
     fn = optax.constant_schedule(base)
   elif s.name == 'step':
     fn = optax.piecewise_constant_schedule(
         base, {int(round(e * steps_per_epoch)) - warmup: s.factor for e in s.step_epochs})
   elif s.name == 'cosine':
-    fn = optax.cosine_decay_schedule(base, max(1, total - warmup))
+    fn = optax.cosine_decay_schedule(base, max(1, num_steps - warmup))
   else:
     raise ValueError(f'Unknown config.schedule.name {s.name!r}; use one of {SCHEDULES}.')
   if warmup:
@@ -100,14 +126,15 @@ def _scaled(rule: Callable) -> Callable:
   return scaled_rule
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optimizer of config.optimizer / config.schedule as an optax chain.
+def make_optimizer(o: Hyper, schedule: Schedule, steps_per_epoch: int,
+                   num_steps: int) -> optax.GradientTransformation:
+  """The optimizer of `o` and `schedule` as an optax chain (num_steps: the
+  run's length, `total_steps`, which the cosine schedule spans).
 
   The hyperparameters live in the optimizer state (`inject_hyperparams`):
   `learning_rate` is the step schedule's value, `lr_scale` the plateau
   schedule's factor (1 otherwise); checkpoints carry both.
   """
-  o = config.optimizer
   if o.rule not in OPTIMIZER_RULES:
     raise ValueError(f'config.optimizer.rule must be one of {sorted(OPTIMIZER_RULES)}, '
                      f'got {o.rule!r}.')
@@ -116,7 +143,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
                      f'got {o.weight_decay_on!r}.')
   mask = None if o.weight_decay_on == 'all' else functools.partial(decay_mask, which='kernels')
   return optax.inject_hyperparams(_scaled(OPTIMIZER_RULES[o.rule]), static_args=('mask',))(
-      learning_rate=learning_rate_schedule(config, steps_per_epoch), lr_scale=1.0,
+      learning_rate=learning_rate_schedule(o, schedule, steps_per_epoch, num_steps), lr_scale=1.0,
       momentum=o.momentum, weight_decay=o.weight_decay, mask=mask)
 
 
@@ -137,20 +164,19 @@ def set_lr_scale(opt_state: Any, value: float) -> Any:
   return _set_hyperparams(opt_state, lr_scale=value)
 
 
-def plateau_scale(config, drops: int) -> float:
+def plateau_scale(s: Schedule, drops: int) -> float:
   """The plateau schedule's factor after `drops` divisions (1 for other schedules)."""
-  return float(config.schedule.factor) ** int(drops) if config.schedule.name == 'plateau' else 1.0
+  return float(s.factor) ** int(drops) if s.name == 'plateau' else 1.0
 
 
-def apply_config_to_opt_state(opt_state: Any, config, drops: int) -> Any:
-  """Writes config's momentum, weight decay and plateau factor into a
+def apply_hyperparams(opt_state: Any, hyper: Hyper, s: Schedule, drops: int) -> Any:
+  """Writes `hyper`'s momentum and weight decay and the plateau factor into a
   (restored) optimizer state, so a resumed run uses what its config says."""
-  return _set_hyperparams(opt_state, momentum=config.optimizer.momentum,
-                          weight_decay=config.optimizer.weight_decay,
-                          lr_scale=plateau_scale(config, drops))
+  return _set_hyperparams(opt_state, momentum=hyper.momentum,
+                          weight_decay=hyper.weight_decay, lr_scale=plateau_scale(s, drops))
 
 
-def plateau_update(plateau: dict, top1_error: float, s) -> tuple[dict, bool]:
+def plateau_update(plateau: dict, top1_error: float, s: Schedule) -> tuple[dict, bool]:
   """One validation result -> new plateau record and whether to divide eps.
 
   Section 5: eps is divided by 10 "when the validation error rate stopped

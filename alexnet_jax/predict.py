@@ -52,7 +52,7 @@ class Run:
   params: Any
   class_names: list
   step: int
-  stats: augment.Stats  # the run's input statistics, as its evaluation used them
+  stats: augment.DeviceStats  # the run's input statistics, as its evaluation used them
 
   @property
   def pixel_scale(self) -> augment.PixelScale:
@@ -119,7 +119,7 @@ def load_class_names(workdir: str, config, num_classes: int) -> list:
       return list(json.load(f))
   try:
     from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    return list(input_pipeline.dataset_info(config).class_names)
+    return list(input_pipeline.resolve(config).info.class_names)
   except Exception:  # pylint: disable=broad-except
     return [str(i) for i in range(num_classes)]
 
@@ -130,7 +130,16 @@ def load_run(workdir: str, checkpoint: str = 'latest') -> Run:
   params, _, step = ckpt_lib.load_params(workdir, checkpoint)
   model = models.create_model(config.model)
   names = load_class_names(workdir, config, config.model.num_classes)
-  return Run(str(workdir), config, model, params, names, step, stats_lib.for_run(config))
+  return Run(str(workdir), config, model, params, names, step, run_stats(config))
+
+
+def run_stats(config) -> augment.DeviceStats:
+  """The input statistics the run's evaluation used (stats.for_run); reads the
+  dataset only where they were computed from it (digits)."""
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return stats_lib.for_run(
+      stats_lib.Settings.of(**config.input), input_pipeline.Dataset(**config.dataset),
+      lambda: input_pipeline.stats_images(input_pipeline.resolve(config)))
 
 
 def list_images(paths: Sequence[str]) -> list:
@@ -157,7 +166,7 @@ def read_images(config, files: Sequence[str], ten_crop: bool,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax import preprocessing  # pylint: disable=g-import-not-at-top
-  recipe = input_pipeline.make_recipe(config)
+  recipe = input_pipeline.make_recipe(config.model.input_size, **config.input)
   images, errors = [], {}
   for f in files:
     try:

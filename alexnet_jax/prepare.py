@@ -44,7 +44,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from absl import flags
 from absl import logging
@@ -101,10 +101,18 @@ def _read_json(path: str):
     return json.load(f)
 
 
+def source_of(config) -> Any:
+  """The data_sources.Source that config.dataset names (the originals)."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  return data_sources.for_dataset(data_sources.Dataset(**config.dataset),
+                                  config.input.resize_size, config.input.antialias)
+
+
 def describe_source(config) -> dict:
   """What the images were prepared from (for the manifest)."""
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
-  ds, name = config.dataset, data_sources.source_name(config)
+  ds = data_sources.Dataset(**config.dataset)
+  name = data_sources.source_name(ds)
   if name == 'tfds':
     return {'source': 'tfds', 'name': ds.name,
             'data_dir': data_sources.tfds_data_dir(ds)}
@@ -122,10 +130,9 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
                 output_dir: str) -> dict:
   """Writes shard `index` of `count` of a split; returns its record (count, bytes, corrupt)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   from alexnet_jax import preprocessing as pp  # pylint: disable=g-import-not-at-top
 
-  source = data_sources.for_config(config)
+  source = source_of(config)
   split = source.split(split_name)
   keys, sizes = split.share(index, count)  # contiguous in stored order
   keys = keys.map(lambda *key: key[0] if len(key) == 1 else key).enumerate()
@@ -217,12 +224,12 @@ def _worker(task) -> dict:
 def plan(config, splits: Sequence[str], settings: Settings) -> dict:
   """What prepare will write; raises DatasetNotFoundError / PrepareError first."""
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
-  if data_sources.source_name(config) == 'prepared':
+  if data_sources.source_name(data_sources.Dataset(**config.dataset)) == 'prepared':
     raise PrepareError('prepare reads the original images (config.dataset.source '
                        'tfds, folder or digits), not prepared ones: unset '
                        'config.dataset.prepared_dir / source.')
   settings.validate()
-  source = data_sources.for_config(config)
+  source = source_of(config)
   sizes = {}  # A folder class without images raises data_sources.FolderClassError here.
   for name in splits:
     try:
@@ -243,8 +250,7 @@ def plan(config, splits: Sequence[str], settings: Settings) -> dict:
 
 
 def default_splits(config) -> List[str]:
-  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
-  source = data_sources.for_config(config)
+  source = source_of(config)
   return [source.train_split, source.eval_split]
 
 
@@ -401,11 +407,12 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
       raise PrepareError('Pass --output_dir=DIR (the prepared images) and/or '
                          '--tfds_build (prepare the tfds dataset itself).')
     if fv.tfds_build:
-      if data_sources.source_name(config) != 'tfds':
+      ds = data_sources.Dataset(**config.dataset)
+      if data_sources.source_name(ds) != 'tfds':
         raise PrepareError(f'--tfds_build prepares a tfds dataset; the config\'s '
-                           f'source is {data_sources.source_name(config)!r}.')
+                           f'source is {data_sources.source_name(ds)!r}.')
       start = time.monotonic()
-      data_sources.prepare_tfds(config)
+      data_sources.prepare_tfds(ds)
       print(f'tfds {config.dataset.name} is prepared in '
             f'{data_sources.tfds_data_dir(config.dataset)} '
             f'({time.monotonic() - start:.0f} s).', flush=True)

@@ -284,7 +284,7 @@ def _steps_per_epoch(row: Row) -> int | None:
     from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
     config = predict.load_config(row.workdir)
     return input_pipeline.steps_per_epoch(
-        input_pipeline.dataset_info(config).num_train, config.batch_size)
+        input_pipeline.resolve(config).info.num_train, config.batch_size)
   except Exception:  # pylint: disable=broad-except
     return None      # The dataset is not here: plot against steps.
 

@@ -7,7 +7,7 @@ keys matching no rule are refused (an unknown key is not known to be safe).
 
   'apply':  takes effect from the resumed step on. Optimizer hyperparameters
             are written into the restored optimizer state
-            (train.apply_config_to_opt_state); the learning rate follows the
+            (optimizer.apply_hyperparams); the learning rate follows the
             new schedule (a function of the step, times the plateau factor).
   'refuse': the checkpoint's trajectory cannot continue under the new value
             (a different model, update rule, input stream or random seed).

@@ -34,7 +34,7 @@ the variation between images' mean colours (the same sample: 0.229, 0.226,
 
 import dataclasses
 import io
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Tuple
 
 from absl import flags
 from absl import logging
@@ -43,6 +43,9 @@ import numpy as np
 from alexnet_jax import augment
 from alexnet_jax import cli
 from alexnet_jax import progress
+
+if TYPE_CHECKING:  # imported when needed: it imports TensorFlow
+  from alexnet_jax import data_sources  # pylint: disable=g-bad-import-order
 
 MEAN_MODES = ('image', 'channel', 'none')  # config.input.mean
 
@@ -88,13 +91,32 @@ def compute(images: Iterable[np.ndarray], source: str = 'computed') -> Stats:
                num_images=count, source=source)
 
 
-def published(config) -> Stats:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What config.input asks of the statistics: `Settings.of(**config.input)`."""
+  mean: str                   # MEAN_MODES: subtract the mean image (section 2), per channel, none
+  pca_lighting: float         # section 4.1's std of alpha; 0: no PCA needed
+  resize_size: int            # R: the mean image is R x R
+  stats_path: Optional[str]   # this module's output; None: published constants
+  central_crop: bool          # the mean image is of central R x R crops ...
+  random_resized_crop: bool   # ... which these crops are not
+  published_mean_rgb: Tuple[float, float, float]
+  published_pca_eigval: Tuple[float, float, float]
+  published_pca_eigvec: Tuple[Tuple[float, float, float], ...]
+
+  @classmethod
+  def of(cls, **inp) -> 'Settings':
+    """From config.input's values (its other keys are the recipe's)."""
+    return cls(**{f.name: inp[f.name] for f in dataclasses.fields(cls)})
+
+
+def published(s: Settings) -> Stats:
   """The published ImageNet constants of config.input (not from the paper)."""
-  r = config.input.resize_size
-  mean = np.asarray(config.input.published_mean_rgb, np.float32)
+  r = s.resize_size
+  mean = np.asarray(s.published_mean_rgb, np.float32)
   return Stats(mean_image=np.broadcast_to(mean, (r, r, 3)).copy(),
-               eigval=np.asarray(config.input.published_pca_eigval, np.float32),
-               eigvec=np.asarray(config.input.published_pca_eigvec, np.float32),
+               eigval=np.asarray(s.published_pca_eigval, np.float32),
+               eigvec=np.asarray(s.published_pca_eigvec, np.float32),
                num_images=0, source='published ImageNet constants')
 
 
@@ -116,73 +138,81 @@ def load(path: str) -> Stats:
                  source=f'{d["source"]} ({path})')
 
 
-def for_config(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = None) -> Stats:
-  """The statistics config.input asks for: stats_path, else computed (digits), else published.
+def for_settings(s: Settings, images: Optional[Callable[[], Iterable[np.ndarray]]] = None,
+                 source: str = 'computed') -> Stats:
+  """The statistics `s` asks for: s.stats_path, else computed from `images`, else published.
 
   images: () -> batches of the training split's R x R images
-  (``input_pipeline.stats_images``), to compute the statistics of a small
-  in-memory source (digits) exactly; the caller passes it, so this module
-  does not depend on the pipeline.
+  (``input_pipeline.stats_images``), given for a small in-memory source
+  (digits) whose statistics are computed exactly; the caller passes it, so
+  this module does not depend on the pipeline. source: their Stats.source.
   """
-  r = config.input.resize_size
-  if config.input.stats_path:
-    stats = load(config.input.stats_path)
+  r = s.resize_size
+  if s.stats_path:
+    stats = load(s.stats_path)
     if stats.mean_image.shape != (r, r, 3):
       raise ValueError(
-          f'{config.input.stats_path} holds a {stats.mean_image.shape} mean image '
+          f'{s.stats_path} holds a {stats.mean_image.shape} mean image '
           f'but config.input.resize_size={r}; recompute it with alexnet_jax.stats.')
     return stats
-  if config.dataset.source == 'digits' and images is not None:
-    return compute(images(), source=computed_source(config))
+  if images is not None:
+    return compute(images(), source=source)
   logging.warning('config.input.stats_path is not set: using the published ImageNet '
                   'mean and PCA constants (run `python -m alexnet_jax.stats`).')
-  return published(config)
+  return published(s)
 
 
-def computed_source(config, split: Optional[str] = None) -> str:
-  """Stats.source of statistics computed from config's training images: the
-  source actually read ('computed: folder /data/pets, split train')."""
-  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
-  return (f'computed: {data_sources.describe(config)}, '
-          f'split {split or config.dataset.train_split}')
+def computed_source(dataset: str, split: str) -> str:
+  """Stats.source of statistics computed from a dataset's training images: the
+  source actually read (dataset: data_sources.describe's words), e.g.
+  'computed: folder /data/pets, split train'."""
+  return f'computed: {dataset}, split {split}'
 
 
-def check_config(config) -> None:
+def check(s: Settings) -> None:
   """The mean and crop settings of config.input agree."""
-  inp = config.input
-  if inp.mean not in MEAN_MODES:
-    raise ValueError(f'config.input.mean={inp.mean!r}; expected one of {MEAN_MODES}.')
-  if inp.mean == 'image' and (inp.random_resized_crop or not inp.central_crop):
+  if s.mean not in MEAN_MODES:
+    raise ValueError(f'config.input.mean={s.mean!r}; expected one of {MEAN_MODES}.')
+  if s.mean == 'image' and (s.random_resized_crop or not s.central_crop):
     raise ValueError('config.input.mean="image" needs central_crop=True and '
                      'random_resized_crop=False (the mean image is of the central '
                      'R x R crops); use mean="channel" with those.')
 
 
-def for_run(config, data=None) -> augment.Stats:
-  """The run's statistics for the device (`for_device`), reading the training
-  images (input_pipeline.stats_images of `data`, an input_pipeline.Input) only
-  where computed ones are asked for; resolves the dataset then if `data` is None."""
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return for_device(config, lambda: input_pipeline.stats_images(
-      data or input_pipeline.resolve(config)))
+def for_dataset(s: Settings, dataset: 'data_sources.Dataset',
+                images: Callable[[], Iterable[np.ndarray]]) -> Stats:
+  """The statistics a run on `dataset` uses (`for_settings`): computed from
+  `images` (() -> batches, e.g. input_pipeline.stats_images of the run's Input)
+  only for the digits source, held in memory; else s.stats_path or published."""
+  if dataset.source != 'digits':
+    return for_settings(s)
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  return for_settings(s, images, computed_source(data_sources.describe(dataset),
+                                                 dataset.train_split))
 
 
-def for_device(config, images: Optional[Callable[[], Iterable[np.ndarray]]] = None
-               ) -> augment.Stats:
-  """What the device's augmentation needs (alexnet_jax.augment.Stats), resolved once per run.
+def for_run(s: Settings, dataset: 'data_sources.Dataset',
+            images: Callable[[], Iterable[np.ndarray]]) -> augment.DeviceStats:
+  """The run's statistics for the device (`for_device` of `for_dataset`);
+  `images` are read only where computed ones are asked for."""
+  return for_device(s, lambda: for_dataset(s, dataset, images))
 
-  Loads or computes statistics only if config.input uses them (a mean or PCA
-  lighting), and logs where they came from once.
+
+def for_device(s: Settings, stats: Optional[Callable[[], Stats]] = None
+               ) -> augment.DeviceStats:
+  """What the device's augmentation needs (alexnet_jax.augment.DeviceStats), resolved once per run.
+
+  Loads or computes statistics (stats(), default `for_settings(s)`) only if
+  `s` uses them (a mean or PCA lighting), and logs where they came from once.
   """
-  check_config(config)
-  inp = config.input
-  if inp.mean == 'none' and inp.pca_lighting <= 0:
+  check(s)
+  if s.mean == 'none' and s.pca_lighting <= 0:
     return augment.make_stats()
-  stats = for_config(config, images)
-  logging.info('Input statistics: %s', stats.source)
-  mean = {'image': stats.mean_image, 'channel': stats.channel_mean.reshape(1, 1, 3),
-          'none': None}[inp.mean]
-  return augment.make_stats(mean, stats.eigval, stats.eigvec)
+  found = stats() if stats is not None else for_settings(s)
+  logging.info('Input statistics: %s', found.source)
+  mean = {'image': found.mean_image, 'channel': found.channel_mean.reshape(1, 1, 3),
+          'none': None}[s.mean]
+  return augment.make_stats(mean, found.eigval, found.eigvec)
 
 
 # ------------------------------------------------------------------ command
@@ -204,13 +234,16 @@ def main(argv) -> None:
   del argv
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.experimental.set_visible_devices([], 'GPU')
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top,redefined-outer-name
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config, output = flags.FLAGS.config, flags.FLAGS.output
   data = input_pipeline.resolve(config)
   n = min(flags.FLAGS.num_images, data.info.num_train) if flags.FLAGS.num_images > 0 else None
   meter = progress.Meter('stats', n or data.info.num_train, 'images')
+  dataset = data_sources.Dataset(**config.dataset)
   stats = compute(meter.iterate(input_pipeline.stats_images(data, num_images=n)),
-                  source=computed_source(config, data.source.train_split))
+                  source=computed_source(data_sources.describe(dataset),
+                                         data.source.train_split))
   save(stats, output)
   logging.info('Wrote %s: %d images, %s; channel mean %s; PCA eigenvalues %s; '
                'eigenvectors (columns)\n%s', output, stats.num_images, stats.source,

@@ -70,7 +70,7 @@ def step_compiler_options() -> Optional[dict]:
           'xla_cpu_copy_insertion_use_region_analysis': True}
 
 
-def train_step(state: TrainState, batch: dict, stats: Optional[augment.Stats] = None, *,
+def train_step(state: TrainState, batch: dict, stats: Optional[augment.DeviceStats] = None, *,
                model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                pixel_scale: float = 1.0) -> tuple[TrainState, dict]:
   """One SGD step on a global batch. Pure; the dropout key is fold_in(rng, step).
@@ -114,7 +114,7 @@ def predict_probs(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Ar
   return jax.nn.softmax(model.apply({'params': params}, images, train=False))
 
 
-def eval_probs(params: Any, images: jax.Array, stats: Optional[augment.Stats] = None, *,
+def eval_probs(params: Any, images: jax.Array, stats: Optional[augment.DeviceStats] = None, *,
                model: nn.Module, num_crops: int = 1, pixel_scale: float = 1.0) -> jax.Array:
   """(b, K) class probabilities of evaluation inputs: with `stats`, the
   pipeline's uint8 images (preprocessing.eval_example), cut into `num_crops`
@@ -125,7 +125,7 @@ def eval_probs(params: Any, images: jax.Array, stats: Optional[augment.Stats] = 
   return predict_probs(params, images, model=model)
 
 
-def eval_step(params: Any, batch: dict, stats: Optional[augment.Stats] = None, *,
+def eval_step(params: Any, batch: dict, stats: Optional[augment.DeviceStats] = None, *,
               model: nn.Module, num_crops: int = 1, pixel_scale: float = 1.0) -> dict:
   """Sums over the real (mask=True) examples of a padded batch.
 

@@ -39,8 +39,8 @@ on every step. Our flag covers both signals in one or many processes
 and agrees on the step with multihost_utils' all-gather every `agree_every`
 steps.
 
-Tests inject faults through `HOOKS` (tests/fault_main.py): each hook is called
-as hook(event, step) at 'restored', 'trained' (after a step's update) and
+Tests inject faults through the `hooks` argument (tests/fault_main.py passes
+one through train.train_and_evaluate): each is called as hook(event, step) at 'restored', 'trained' (after a step's update) and
 'evaluating' (an evaluation of a step starts).
 """
 
@@ -61,8 +61,7 @@ from alexnet_jax import workdir_lock
 Preempted = preemption.Preempted
 cli.user_error(workdir_lock.WorkdirLockedError)  # another run holds the workdir
 
-# Extra hooks every Supervisor calls: hook(event, step) (tests/fault_main.py adds one).
-HOOKS: list[Callable[[str, Optional[int]], None]] = []
+Hook = Callable[[str, Optional[int]], None]  # hook(event, step); tests/fault_main.py's faults
 
 
 class StopRequested(BaseException):
@@ -82,9 +81,11 @@ class Supervisor:
   run's checkpointer (`ckpt`) and TensorBoard writer (`writer`)."""
 
   def __init__(self, workdir: epath.Path, *, num_steps: int, agree_every: int,
-               watchdog_minutes: float, checkpoints: dict):
+               watchdog_minutes: float, checkpoints: dict, hooks: Iterable[Hook] = ()):
     """`checkpoints`: ckpt_lib.Checkpointer's keyword arguments (every_steps,
-    keep, use_async); `agree_every`: how often processes agree on a stop."""
+    keep, use_async); `agree_every`: how often processes agree on a stop;
+    `hooks`: called at 'restored', 'trained' and 'evaluating' (the tests' faults)."""
+    self._hooks = tuple(hooks)
     self.workdir, self.num_steps, self.agree_every = workdir, num_steps, agree_every
     self._watchdog = preemption.Watchdog(watchdog_minutes,
                               None if '://' in str(workdir) else str(workdir / 'errors.log'))
@@ -108,7 +109,7 @@ class Supervisor:
     return self
 
   def _emit(self, event: str, step: Optional[int] = None) -> None:
-    for hook in HOOKS:
+    for hook in self._hooks:
       hook(event, step)
 
   def restored(self, step: int) -> None:

@@ -32,7 +32,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
@@ -103,14 +102,17 @@ class Run:
   prefetch: int                  # batches in flight to the devices
   min_firing: float              # the dead-layer alarm (config.health)
   stop_on_dead_layer: bool
-  schedule: Any                  # the plateau drop's settings (optimizer.plateau_update)
+  hyper: optimizer_lib.Hyper     # section 5's eps, momentum, weight decay
+  schedule: optimizer_lib.Schedule  # the learning rate's schedule and plateau drop
+  init_from: Any                 # fine-tuning: another run's parameters (config.init_from)
+  init_reinit: tuple             # ... with these layers fresh
   checkpoints: dict              # ckpt_lib.Checkpointer's every_steps, keep, use_async
   watchdog_minutes: float
   model_name: str
   config_json: str               # config.json's text; a resume is checked against it
 
 
-def _device_stats(stats: augment.Stats, mesh: Mesh) -> tuple[augment.Stats, Any]:
+def _device_stats(stats: augment.DeviceStats, mesh: Mesh) -> tuple[augment.DeviceStats, Any]:
   sharding = augment.stats_shardings(parallel.replicated(mesh))
   stats = jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i]),
                        stats, sharding)
@@ -131,16 +133,20 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
   # ----------------------------------------------------------------- input
   # The same epoch length as the input stream's (it drops each pass's remainder).
   spe = input_pipeline.steps_per_epoch(data.info.num_train, config.batch_size)
-  num_steps = optimizer_lib.total_steps(config, spe)
+  num_steps = optimizer_lib.total_steps(config.num_train_steps, config.num_epochs, spe)
   # Section 2 / 4.1 statistics (mean image, PCA), passed to the jitted steps,
   # which finish the preprocessing on the device.
-  stats, stats_sharding = _device_stats(stats_lib.for_run(config, data), mesh)
+  stats, stats_sharding = _device_stats(stats_lib.for_run(
+      stats_lib.Settings.of(**config.input), input_pipeline.Dataset(**config.dataset),
+      lambda: input_pipeline.stats_images(data)), mesh)
   pixel_scale = augment.pixel_scale_of(config.input.pixel_scale)  # float or (R, G, B)
 
   # ----------------------------------------------------------------- model
   # Section 3.2: one tower per device on the mesh's 'model' axis (if > 1).
   model = parallel.split_towers(models.create_model(config.model), mesh)
-  tx = optimizer_lib.make_optimizer(config, spe)
+  hyper = optimizer_lib.Hyper(**config.optimizer)
+  schedule = optimizer_lib.Schedule(**config.schedule)
+  tx = optimizer_lib.make_optimizer(hyper, schedule, spe, num_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract_state = jax.eval_shape(
       functools.partial(steps_lib.create_train_state, model=model, tx=tx), init_rng)
@@ -176,7 +182,8 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
       eval_batch_size=config.eval.batch_size, eval_split=config.dataset.eval_split,
       ten_crop=config.eval.ten_crop, flip=config.input.flip, prefetch=config.dataset.prefetch,
       min_firing=config.health.min_firing, stop_on_dead_layer=config.health.stop_on_dead_layer,
-      schedule=config.schedule,
+      hyper=hyper, schedule=schedule,
+      init_from=config.init_from, init_reinit=tuple(config.init_reinit or ()),
       checkpoints=dict(every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
                        use_async=config.async_checkpoints),
       watchdog_minutes=config.watchdog_minutes, model_name=config.model.name,
@@ -188,16 +195,17 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
 # --------------------------------------------------------------------------
 
 
-def init_params_from(config, fresh: Any) -> Any:
-  """config.init_from's parameters, with the layers in config.init_reinit (e.g.
-  fc8 for a new class count) kept at their fresh initialization."""
+def init_params_from(path: str, reinit: tuple, fresh: Any) -> Any:
+  """The parameters of the run or checkpoint at `path` (config.init_from), with
+  the layers in `reinit` (config.init_reinit, e.g. fc8 for a new class count)
+  kept at their fresh initialization."""
   try:
-    loaded, _, step = ckpt_lib.load_params(config.init_from)
+    loaded, _, step = ckpt_lib.load_params(path)
   except (FileNotFoundError, ckpt_lib.CheckpointCorruptError) as e:  # One line, as a mismatch.
     raise ckpt_lib.CheckpointMismatchError(f'config.init_from: {e}') from e
-  reinit = tuple(config.init_reinit or ())
-  params = ckpt_lib.merge_params(jax.device_get(fresh), loaded, reinit, config.init_from)
-  logging.info('Initialized from %s (step %d)%s.', config.init_from, step,
+  reinit = tuple(reinit or ())
+  params = ckpt_lib.merge_params(jax.device_get(fresh), loaded, reinit, path)
+  logging.info('Initialized from %s (step %d)%s.', path, step,
                f'; re-initialized {list(reinit)}' if reinit else '')
   return params
 
@@ -216,9 +224,9 @@ def _check_resume(config_json: str, ckpt: ckpt_lib.Checkpointer) -> Callable:
   return check
 
 
-def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer, config) -> tuple[TrainState, dict]:
-  """The newest readable checkpoint (its config checked against `config` by
-  resume_policy) or a fresh state; with the config's optimizer hyperparameters."""
+def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, dict]:
+  """The newest readable checkpoint (its config checked against the run's by
+  resume_policy) or a fresh state; with the run's optimizer hyperparameters."""
   state, progress = None, {}
   if ckpt.latest_step() is not None:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -228,10 +236,11 @@ def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer, config) -> tuple[Trai
   if state is None:
     state = jax.jit(functools.partial(steps_lib.create_train_state, model=run.model, tx=run.tx),
                     out_shardings=run.state_sharding)(run.init_rng)
-    if config.init_from:  # Fine-tune: another run's parameters (not its optimizer).
-      state = state.replace(params=init_params_from(config, state.params))
-  opt_state = optimizer_lib.apply_config_to_opt_state(state.opt_state, config,
-                                                      int(state.plateau['drops']))
+    if run.init_from:  # Fine-tune: another run's parameters (not its optimizer).
+      state = state.replace(params=init_params_from(run.init_from, run.init_reinit,
+                                                    state.params))
+  opt_state = optimizer_lib.apply_hyperparams(state.opt_state, run.hyper, run.schedule,
+                                              int(state.plateau['drops']))
   return jax.device_put(state.replace(opt_state=opt_state), run.state_sharding), progress
 
 
@@ -292,7 +301,7 @@ def evaluate_and_update(run: Run, state: TrainState, step: int, loop: 'Loop'
     plateau, drop = optimizer_lib.plateau_update(
         jax.device_get(state.plateau), results['eval_top1_error'], schedule)
     opt_state = optimizer_lib.set_lr_scale(
-        state.opt_state, float(schedule.factor) ** int(plateau['drops']))
+        state.opt_state, optimizer_lib.plateau_scale(schedule, plateau['drops']))
     if drop:
       logging.info('Validation error stopped improving: learning rate divided by %g '
                    '(drop %d of %d).', 1 / schedule.factor, int(plateau['drops']),
@@ -500,13 +509,15 @@ def check_config(config, workdir) -> input_pipeline.Input:
   return data
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Iterable[supervisor_lib.Hook] = ()) -> TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
   Checks the whole config first (ConfigError; nothing written). Writes
   TensorBoard events, config.json (once the resume check passed) and, at the
   end, final_metrics.json. Returns the final state; raises Preempted after
-  SIGTERM/SIGINT (checkpoint saved; alexnet_jax/supervisor.py).
+  SIGTERM/SIGINT (checkpoint saved; alexnet_jax/supervisor.py). `hooks`: extra
+  supervisor hooks (tests/fault_main.py injects faults with one).
   """
   t_start = time.time()
   data = check_config(config, workdir)
@@ -518,8 +529,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   workdir.mkdir(parents=True, exist_ok=True)
   with supervisor_lib.Supervisor(
       workdir, num_steps=run.num_steps, agree_every=run.log_every_steps,
-      watchdog_minutes=run.watchdog_minutes, checkpoints=run.checkpoints) as supervisor:
-    state, saved = restore_or_init(run, supervisor.ckpt, config)
+      watchdog_minutes=run.watchdog_minutes, checkpoints=run.checkpoints,
+      hooks=hooks) as supervisor:
+    state, saved = restore_or_init(run, supervisor.ckpt)
     start_step = int(state.step)
     if is_main:  # Only now: a refused resume leaves the run's record as it was.
       _write_run_record(run, workdir, start_step)

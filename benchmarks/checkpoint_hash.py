@@ -51,7 +51,8 @@ def full_state(model_name: str):
   make_optimizer = optimizer.make_optimizer
   create = steps.create_train_state
   model = models.create_model(config.model)
-  tx = make_optimizer(config, 1000)
+  tx = make_optimizer(optimizer.Hyper(**config.optimizer),
+                      optimizer.Schedule(**config.schedule), 1000, 1000)
   state = jax.jit(functools.partial(create, model=model, tx=tx))(jax.random.PRNGKey(0))
   leaves, treedef = jax.tree.flatten(state)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))

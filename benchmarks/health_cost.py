@@ -14,7 +14,8 @@ def build(health):
   if not health:
     models.sow_firing = lambda m, l, x: x
   model = models.create_model(config.model)
-  tx = optimizer.make_optimizer(config, 10000)
+  tx = optimizer.make_optimizer(optimizer.Hyper(**config.optimizer),
+                                optimizer.Schedule(**config.schedule), 10000, 10000)
   state = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx))(jax.random.PRNGKey(0))
   fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, rng=jax.random.PRNGKey(1)),
                donate_argnums=0, compiler_options=steps.step_compiler_options())

@@ -183,20 +183,25 @@ def real_image_firing(config, state_params, model, input_stats, jpeg_root: str) 
 def run_variant(dataset: str, name: str, args, folder: str, jpeg_root) -> dict:
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import config_checks, input_pipeline, models, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import config_checks, input_pipeline, models  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import stats as stats_lib  # pylint: disable=g-import-not-at-top
   steps_lib, opt_lib = _steps_module(), _optimizer_module()
 
   config = base_config(dataset, args, folder)
-  info = input_pipeline.dataset_info(config)
+  data = input_pipeline.resolve(config)
+  info = data.info
   spe = input_pipeline.steps_per_epoch(info.num_train, config.batch_size)
   apply_overrides(config, VARIANTS[name][1], spe)
   num_steps = args.proxy_steps if dataset == 'proxy' else args.jpeg_steps
   config.num_train_steps = num_steps
   config_checks.check(config, num_devices=jax.device_count())
 
-  input_stats = train.input_statistics(config)
+  input_stats = stats_lib.for_run(stats_lib.Settings.of(**config.input),
+                                  input_pipeline.Dataset(**config.dataset),
+                                  lambda: input_pipeline.stats_images(data))
   model = models.create_model(config.model)
-  tx = opt_lib.make_optimizer(config, spe)
+  tx = opt_lib.make_optimizer(opt_lib.Hyper(**config.optimizer),
+                              opt_lib.Schedule(**config.schedule), spe, num_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = jax.jit(functools.partial(steps_lib.create_train_state, model=model, tx=tx))(init_rng)
   step_fn = jax.jit(functools.partial(steps_lib.train_step, model=model, tx=tx,

@@ -122,9 +122,9 @@ def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool,
     config.dataset.eval_split = 'val'
   config.dataset.threads = threads
   config.input.antialias = antialias
-  n = input_pipeline.dataset_info(config).num_train
-  steps = n // batch
-  it = input_pipeline.train_iterator(input_pipeline.resolve(config), batch_size=batch)
+  data = input_pipeline.resolve(config)
+  steps = data.info.num_train // batch
+  it = input_pipeline.train_iterator(data, batch_size=batch)
   for _ in range(steps):  # warm-up pass: tracing, file cache, autotuning
     next(it)
   with Timer() as t:

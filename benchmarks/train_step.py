@@ -141,7 +141,8 @@ def jax_setup(model_name: str, dtype: str, fp32_precision: str, dropout: bool = 
     config.model.dropout_rate = 0.0
   config.model.update(model_overrides)
   model = models.create_model(config.model)
-  tx = optimizer.make_optimizer(config, steps_per_epoch=1000)  # 'plateau': a constant eps.
+  tx = optimizer.make_optimizer(  # 'plateau': a constant eps.
+      optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule), 1000, 1000)
   options = steps_lib.step_compiler_options()
   return config, model, tx, options
 
@@ -358,7 +359,8 @@ def _check(model_name: str, batch: int, steps: int, seed: int, rule: str,
                                          **model_overrides)
   from alexnet_jax import optimizer, steps as steps_lib  # pylint: disable=g-import-not-at-top
   config.optimizer.rule = rule
-  tx = optimizer.make_optimizer(config, steps_per_epoch=1000)
+  tx = optimizer.make_optimizer(optimizer.Hyper(**config.optimizer),
+                                optimizer.Schedule(**config.schedule), 1000, 1000)
   state = steps_lib.create_train_state(jax.random.PRNGKey(seed), model, tx)
   rng = np.random.default_rng(seed)
   velocity = jax.tree.map(  # ~ the size of one step's update.

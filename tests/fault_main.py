@@ -13,8 +13,8 @@ follows), 'restored' (after the restore, before the loop), 'trained@STEP'
 (after the update of STEP), 'saved@STEP' (the save of STEP started; an async
 write is in flight), 'evaluating@STEP' (an evaluation of STEP starts),
 'evaluated@STEP' (STEP's evaluation offered to best/), 'done' (after the
-`Done:` line). 'restored', 'trained' and 'evaluating' come through
-alexnet_jax.supervisor.HOOKS, the saves through the checkpointer's methods.
+`Done:` line). 'restored', 'trained' and 'evaluating' come through the
+supervisor's hooks (main's `hooks` argument), the saves through the checkpointer's methods.
 """
 
 import os
@@ -68,12 +68,10 @@ def run(spec: str) -> None:
 
   def main(argv):  # cli.run has imported TensorFlow: the rest is cheap to import now.
     from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import supervisor  # pylint: disable=g-import-not-at-top
-    supervisor.HOOKS.append(fault)
     checkpoint.Checkpointer.save = _after(checkpoint.Checkpointer.save, fault, 'saved')
     checkpoint.Checkpointer.save_best = _after(checkpoint.Checkpointer.save_best, fault,
                                                'evaluated')
-    run_main(argv)
+    run_main(argv, hooks=[fault])
     fault('done')
 
   main_lib.main = main

@@ -95,12 +95,13 @@ def jpeg(tmp_path_factory):
 
 def _recipe(**kw):
   """configs/ilsvrc.py's recipe (the one place for its values) with `kw` changed."""
-  return input_pipeline.make_recipe(ilsvrc.get_config())._replace(
+  config = ilsvrc.get_config()
+  return input_pipeline.make_recipe(config.model.input_size, **config.input)._replace(
       **{'resize_size': R, 'crop_size': S, 'pca_std': 0.1, 'flip': True, **kw})
 
 
 def _stats(rng):
-  """A random mean image and a random orthonormal PCA, float64 and as augment.Stats."""
+  """A random mean image and a random orthonormal PCA, float64 and as DeviceStats."""
   mean = rng.uniform(0, 255, (R, R, 3))
   eigvec = np.linalg.qr(rng.normal(size=(3, 3)))[0]
   eigval = np.array([0.2, 0.02, 0.004])
@@ -292,7 +293,7 @@ def test_pca_convention_pooled_covariance_of_unit_scale_pixels():
   # sample: 0.270, 0.262, 0.278), not the per-image ~0.226 (torchvision's
   # 0.229, 0.224, 0.225), nor what lambda as a standard deviation would give.
   config = ilsvrc.get_config()
-  published = stats_lib.published(config)
+  published = stats_lib.published(stats_lib.Settings.of(**config.input))
   p, lam = published.eigvec.astype(np.float64), published.eigval.astype(np.float64)
   np.testing.assert_allclose(p.T @ p, np.eye(3), atol=2e-3)
   channel_std = np.sqrt(np.diag(p @ np.diag(lam) @ p.T))
@@ -304,18 +305,19 @@ def test_pca_convention_pooled_covariance_of_unit_scale_pixels():
 def test_device_statistics_follow_config_input(tmp_path):
   config = ilsvrc.get_config()
   config.input.resize_size = 16
-  stats = stats_lib.for_device(config)  # published: mean image of the channel means
+  # published: mean image of the channel means
+  stats = stats_lib.for_device(stats_lib.Settings.of(**config.input))
   assert stats.mean.shape == (16, 16, 3)
   np.testing.assert_allclose(stats.mean[3, 5], (123.68, 116.78, 103.94), rtol=1e-6)
   np.testing.assert_allclose(stats.eigval, (0.2175, 0.0188, 0.0045), rtol=1e-6)
   config.input.mean = 'channel'
-  assert stats_lib.for_device(config).mean.shape == (1, 1, 3)
+  assert stats_lib.for_device(stats_lib.Settings.of(**config.input)).mean.shape == (1, 1, 3)
   config.input.mean, config.input.pca_lighting = 'none', 0.0
-  none = stats_lib.for_device(config)
+  none = stats_lib.for_device(stats_lib.Settings.of(**config.input))
   assert not np.any(none.mean) and not np.any(none.eigval)
   config.input.mean, config.input.random_resized_crop = 'image', True
   with pytest.raises(ValueError, match='central_crop'):
-    stats_lib.for_device(config)
+    stats_lib.for_device(stats_lib.Settings.of(**config.input))
 
 
 # --------------------------------------------------------------------------

@@ -101,14 +101,14 @@ def test_batch_sizes_must_divide_over_the_data_axis():
 
 def test_classes_against_the_real_digits_dataset():
   config = _config(**{'model.num_classes': 5})
-  problems = config_checks.validate(config, dataset_info=input_pipeline.dataset_info(config))
+  problems = config_checks.validate(config, dataset_info=input_pipeline.resolve(config).info)
   assert problems == ['config.model.num_classes=5: the dataset has 10 classes; set '
                       '--config.model.num_classes=10.']
 
 
 def test_a_batch_larger_than_the_training_split_is_refused():
   config = _config(**{'batch_size': 2048})   # digits: 1,437 training images
-  problems = config_checks.validate(config, dataset_info=input_pipeline.dataset_info(config))
+  problems = config_checks.validate(config, dataset_info=input_pipeline.resolve(config).info)
   assert problems == ['config.batch_size=2048: the training split has only 1437 images, '
                       'less than one global batch; set --config.batch_size=1437 or less, '
                       'or add training images.']

@@ -44,7 +44,8 @@ def test_download_configs_offline_fail_in_seconds_with_the_manual_route(
   config.dataset.data_dir = str(tmp_path)
   start = time.monotonic()
   with pytest.raises(data_sources.DatasetNotFoundError) as e:
-    data_sources.dataset_info(config)
+    data_sources.for_dataset(data_sources.Dataset(**config.dataset),
+                             config.input.resize_size, config.input.antialias)
   assert time.monotonic() - start < 30  # no minutes of retries
   assert probed == [(host, 443)]
   message = str(e.value)

@@ -6,7 +6,7 @@ multi-process run: tests/test_multiprocess.py. Every run here must end equal to
 one uninterrupted reference run (module fixture `ref`) or fail with a message.
 
 Subprocess runs choose their fault point with tests/fault_main.py --fault=...; in-process
-runs add its hook to alexnet_jax.supervisor.HOOKS.
+runs pass its hook to train.train_and_evaluate(..., hooks=[...]).
 """
 
 import errno
@@ -33,7 +33,6 @@ from alexnet_jax import workdir_lock
 from alexnet_jax import optimizer
 from alexnet_jax import preemption
 from alexnet_jax import steps
-from alexnet_jax import supervisor
 from tests import fault_main
 from tests.conftest import tiny_config
 from tests.test_train import ROOT, TINY_FLAGS
@@ -477,10 +476,8 @@ def test_failed_evaluation_saves_first_and_the_rerun_resumes_with_it(tmp_path, r
 
 def test_final_metrics_total_the_segments(tmp_path, ref, monkeypatch):
   config = cfg(num_train_steps=STEPS)
-  monkeypatch.setattr(supervisor, 'HOOKS', [fault_main.Fault('trained@6:TERM')])
   with pytest.raises(preemption.Preempted):
-    train.train_and_evaluate(config, str(tmp_path))
-  monkeypatch.setattr(supervisor, 'HOOKS', [])
+    train.train_and_evaluate(config, str(tmp_path), hooks=[fault_main.Fault('trained@6:TERM')])
   t0 = time.time()
   _failing_evaluate(monkeypatch)   # a crash after the last step's checkpoint
   with pytest.raises(train.EvaluationError, match='step 11'):
@@ -515,8 +512,10 @@ def test_plateau_drop_composes_with_warmup_and_the_logged_lr_is_the_one_used():
   config = cfg(**{'schedule.name': 'plateau', 'schedule.warmup_epochs': 1.0,
                           'optimizer.weight_decay': 0.0, 'optimizer.momentum': 0.0})
   spe = 4
-  fn = optimizer.learning_rate_schedule(config, spe)
-  tx = optimizer.make_optimizer(config, spe)
+  hyper, schedule = optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule)
+  num_steps = optimizer.total_steps(config.num_train_steps, config.num_epochs, spe)
+  fn = optimizer.learning_rate_schedule(hyper, schedule, spe, num_steps)
+  tx = optimizer.make_optimizer(hyper, schedule, spe, num_steps)
 
   model = _Linear()
   params = model.init(jax.random.PRNGKey(0), np.zeros((1, 2), np.float32))['params']

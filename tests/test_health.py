@@ -86,7 +86,9 @@ def train_step_metrics():
   from those params (compiled once for the module)."""
   steps, optimizer = _steps_and_optimizer()
   model = _tiny()
-  tx = optimizer.make_optimizer(ilsvrc.get_config(), steps_per_epoch=10)
+  config = ilsvrc.get_config()
+  tx = optimizer.make_optimizer(
+      optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule), 10, 10)
   state = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    rng=jax.random.key(1)))

@@ -42,7 +42,7 @@ def prepared(tmp_path_factory):
   config = _config(root)
   with pytest.raises(ip.DatasetNotFoundError,
                      match='alexnet_jax.prepare --config=configs/ilsvrc.py --tfds_build'):
-    ip.dataset_info(config)
+    ip.resolve(config).info
   # The README's command, in this process: tfds' own imagenet2012 builder with
   # the tars as manual_dir (no apache_beam).
   assert prepare.run_command([
@@ -54,7 +54,7 @@ def prepared(tmp_path_factory):
 
 def test_dataset_info_and_batches(prepared):
   config = _config(prepared)
-  info = ip.dataset_info(config)
+  info = ip.resolve(config).info
   synsets = _labels_txt('labels.txt')
   assert info == ip.DatasetInfo(12, 6, 1000) and info.class_names == tuple(synsets)
   train_ids = {synsets.index(w) for w in fx.SYNSETS}
@@ -118,8 +118,8 @@ def test_prepare_tfds_split_to_256(prepared, tmp_path):
   assert manifest['class_names'] == _labels_txt('labels.txt')
   config = _config(prepared)
   config.dataset.prepared_dir = str(out)
-  info = ip.dataset_info(config)
+  info = ip.resolve(config).info
   assert info == ip.DatasetInfo(12, 6, 1000)
-  split = ip.data_sources.for_config(config).split('train')
+  split = ip.resolve(config).source.split('train')
   names = sorted(split.name(k).numpy().decode() for k in split.share(0, 1)[0])
   assert names == sorted(f'{w}_{i}.JPEG' for w in fx.SYNSETS for i in range(4))

@@ -39,7 +39,7 @@ def test_random_resized_crop_option():
   assert batch['image'].shape == (8, 67, 67, 3) and batch['image'].dtype == np.uint8
   config.input.mean = 'image'
   with pytest.raises(ValueError, match='central_crop'):
-    stats_lib.for_device(config)
+    stats_lib.for_device(stats_lib.Settings.of(**config.input))
 
 
 def _position_png(size=256) -> tf.Tensor:
@@ -61,6 +61,12 @@ def _window_sides(recipe, seeds) -> np.ndarray:
   return np.array(sides)
 
 
+def _ilsvrc_recipe() -> pp.Recipe:
+  """configs/ilsvrc.py's host recipe (input_pipeline.make_recipe, no dataset)."""
+  config = ilsvrc.get_config()
+  return ip.make_recipe(config.model.input_size, **config.input)
+
+
 @pytest.mark.parametrize('area, aspect, want_w, want_h', [
     ((0.25, 0.25), (1.0, 1.0), 128, 128),
     ((1.0, 1.0), (1.0, 1.0), 256, 256),
@@ -69,7 +75,7 @@ def _window_sides(recipe, seeds) -> np.ndarray:
 def test_random_resized_crop_uses_rrc_area_and_aspect(area, aspect, want_w, want_h):
   """The window of an Inception-style crop has the configured area fraction and
   aspect ratio (width / height), at a position that varies with the seed."""
-  recipe = ip.make_recipe(ilsvrc.get_config())._replace(
+  recipe = _ilsvrc_recipe()._replace(
       resize_size=256, crop_size=64, random_resized_crop=True, rrc_area=area,
       rrc_aspect=aspect, flip=False, pca_std=0.0)
   sides = _window_sides(recipe, range(6))
@@ -176,7 +182,7 @@ def _folder_config(root, input_size=67, resize=76):
 def test_folder_source_and_corrupt_files_reported_by_name(tmp_path, caplog):
   bad = _write_folder(tmp_path, corrupt=True)
   config = _folder_config(tmp_path)
-  info = ip.dataset_info(config)
+  info = ip.resolve(config).info
   assert info == ip.DatasetInfo(num_train=3 * 6 + 2, num_eval=3 * 2 + 1, num_classes=3)
 
   caplog.set_level(logging.WARNING)
@@ -210,7 +216,7 @@ def test_missing_datasets_say_how_to_prepare_them(tmp_path):
   config = ilsvrc.get_config()
   config.dataset.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(ip.DatasetNotFoundError) as e:
-    ip.dataset_info(config)
+    ip.resolve(config).info
   message = str(e.value)
   for part in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar',
                os.path.join(str(tmp_path / 'tfds'), 'downloads', 'manual'),
@@ -222,11 +228,11 @@ def test_missing_datasets_say_how_to_prepare_them(tmp_path):
 
   config.dataset.name = 'no_such_dataset_xyz'
   with pytest.raises(ip.DatasetNotFoundError, match='no_such_dataset_xyz'):
-    ip.dataset_info(config)
+    ip.resolve(config).info
 
   config = _folder_config(tmp_path / 'nothing_here')
   with pytest.raises(ip.DatasetNotFoundError, match='one sub-directory per class'):
-    ip.dataset_info(config)
+    ip.resolve(config).info
 
 
 # --------------------------------------------------------------------------
@@ -322,13 +328,13 @@ def test_stats_command_and_config(tmp_path):
 
   config = _folder_config(tmp_path / 'data')
   config.input.stats_path = str(out)
-  device = stats_lib.for_device(config)
+  device = stats_lib.for_device(stats_lib.Settings.of(**config.input))
   np.testing.assert_allclose(np.reshape(device.mean, 3), stats.channel_mean)
   config.input.resize_size = 80
   with pytest.raises(ValueError, match='resize_size'):
-    stats_lib.for_device(config)
+    stats_lib.for_device(stats_lib.Settings.of(**config.input))
   # Without a file: the published constants, named as such.
   config = ilsvrc.get_config()
-  published = stats_lib.for_config(config)
+  published = stats_lib.for_settings(stats_lib.Settings.of(**config.input))
   assert published.source == 'published ImageNet constants'
   np.testing.assert_allclose(published.channel_mean, (123.68, 116.78, 103.94), rtol=1e-6)

@@ -60,7 +60,8 @@ def _batches(steps=3, seed=0):
 def _setup(towers, lrn_per_tower):
   config = _config(towers=towers, lrn_per_tower=lrn_per_tower)
   model = models.create_model(config.model)
-  tx = optimizer.make_optimizer(config, steps_per_epoch=10)
+  tx = optimizer.make_optimizer(
+      optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule), 10, 10)
   state = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx))(
       jax.random.PRNGKey(0))
   return config, model, tx, jax.device_get(state)

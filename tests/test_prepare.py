@@ -45,6 +45,15 @@ def _write_folder(root):
   return bad
 
 
+def _source(config) -> data_sources.Source:
+  return data_sources.for_dataset(data_sources.Dataset(**config.dataset),
+                                  config.input.resize_size, config.input.antialias)
+
+
+def _info(config) -> data_sources.DatasetInfo:
+  return ip.resolve(config).info
+
+
 def _config(folder=None, prepared_dir=None):
   config = digits.get_config()
   config.dataset.source = 'auto'
@@ -161,7 +170,7 @@ def test_digits(tmp_path):
                                   np.clip(np.round(expected.numpy()), 0, 255))
   config.dataset.prepared_dir = str(tmp_path)
   config.dataset.source = 'prepared'
-  info = ip.dataset_info(config)
+  info = _info(config)
   assert (info.num_train, info.num_eval, info.num_classes) == (1437, 360, 10)
   assert info.class_names == tuple(str(i) for i in range(10))
 
@@ -180,7 +189,7 @@ def test_resume_skips_complete_shards_and_never_leaves_partial_ones(folder, tmp_
   (out / 'train-00001-of-00003.tfrecord.incomplete').write_bytes(original[:100])
   (out / 'manifest.json').unlink()  # nor the manifest (written last)
   with pytest.raises(ip.DatasetNotFoundError, match='alexnet_jax.prepare'):
-    data_sources.for_config(_config(prepared_dir=out))
+    _source(_config(prepared_dir=out))
   lines = []
   prepare.prepare(_config(root), str(out), settings, out=lines.append)
   assert '4 shard(s) already complete' in lines[0]
@@ -216,7 +225,7 @@ def test_worker_processes_write_the_same_shards(folder, lossless, tmp_path):
 
 def test_every_process_reads_its_own_examples(lossless):
   config = _config(prepared_dir=lossless[0])
-  split = data_sources.for_config(config).split('train')
+  split = _source(config).split('train')
   everything = sorted(_prepared_images(lossless[0], 'train'))
   for count in (1, 2, 3, 5):
     names, sizes = [], None
@@ -243,15 +252,15 @@ def test_training_on_prepared_jpegs_equals_the_general_recipe(folder, lossless, 
   prepare.prepare(_config(folder[0]), str(out), prepare.Settings(jpeg_quality=90, shard_size=5),
                   splits=['train'], out=lambda _: None)
   config = _config(prepared_dir=out)
-  assert ip.make_recipe(config).base_jpegs
-  assert not ip.make_recipe(_config(prepared_dir=lossless[0])).base_jpegs
-  assert not ip.make_recipe(_config(folder=folder[0])).base_jpegs
+  assert ip.resolve(config).recipe.base_jpegs
+  assert not ip.resolve(_config(prepared_dir=lossless[0])).recipe.base_jpegs
+  assert not ip.resolve(_config(folder=folder[0])).recipe.base_jpegs
   steps = 6  # two passes of 3 steps, and a resume inside the second
   fast = ip.train_iterator(ip.resolve(config), batch_size=4)
   fast = [next(fast) for _ in range(steps)]
   resumed = ip.train_iterator(ip.resolve(config), batch_size=4, start_step=4)
-  monkeypatch.setattr(ip, '_prepared_jpegs', lambda config: False)
-  assert not ip.make_recipe(config).base_jpegs
+  monkeypatch.setattr(ip, '_prepared_jpegs', lambda ds: False)
+  assert not ip.resolve(config).recipe.base_jpegs
   general = ip.train_iterator(ip.resolve(config), batch_size=4)
   for k, (a, b) in enumerate(zip(fast, [next(general) for _ in range(steps)])):
     assert a.keys() == b.keys()
@@ -262,7 +271,7 @@ def test_training_on_prepared_jpegs_equals_the_general_recipe(folder, lossless, 
       for key in a:
         np.testing.assert_array_equal(r[key], a[key])
   # The draws are those of seed fold([seed, AUGMENT], pass, process, position).
-  recipe = ip.make_recipe(config)
+  recipe = ip.resolve(config).recipe
   for k in range(steps):
     e, step = divmod(k, 3)
     for i in range(4):
@@ -277,8 +286,8 @@ def test_training_on_prepared_jpegs_equals_the_general_recipe(folder, lossless, 
 def test_train_and_eval_on_prepared_data(folder, lossless):
   root, _ = folder
   prepared = _config(prepared_dir=lossless[0])
-  assert data_sources.source_name(prepared) == 'prepared'
-  info = ip.dataset_info(prepared)
+  assert data_sources.source_name(data_sources.Dataset(**prepared.dataset)) == 'prepared'
+  info = _info(prepared)
   assert (info.num_train, info.num_eval, info.class_names) == (12, 6, CLASSES)
   it = ip.train_iterator(ip.resolve(prepared), batch_size=4)
   stream = [next(it) for _ in range(4)]
@@ -307,15 +316,16 @@ def test_train_and_eval_on_prepared_data(folder, lossless):
 
 def test_source_selection(folder, tmp_path):
   root, _ = folder
-  assert data_sources.source_name(_config(folder=root)) == 'folder'  # folder alone selects it
-  assert data_sources.source_name(_config()) == 'tfds'
+  # folder alone selects it
+  assert data_sources.source_name(data_sources.Dataset(**_config(folder=root).dataset)) == 'folder'
+  assert data_sources.source_name(data_sources.Dataset(**_config().dataset)) == 'tfds'
   config = digits.get_config()
   config.dataset.folder = str(root)  # source='digits' would ignore it: refused
   with pytest.raises(ValueError, match='source=folder'):
-    data_sources.for_config(config)
+    _source(config)
   with pytest.raises(ip.DatasetNotFoundError, match='alexnet_jax.prepare'):
-    data_sources.for_config(_config(prepared_dir=tmp_path / 'none'))
-  assert ip.dataset_info(_config(folder=root)).class_names == CLASSES
+    _source(_config(prepared_dir=tmp_path / 'none'))
+  assert _info(_config(folder=root)).class_names == CLASSES
 
 
 def test_command_line_errors_write_nothing(tmp_path, capsys):
@@ -366,7 +376,7 @@ def test_killed_mid_shard_then_resumed(folder, lossless, tmp_path):
   assert 'train-00001-of-00003.tfrecord' not in files  # never under its final name
   assert 'train-00001-of-00003.tfrecord.incomplete' in files
   with pytest.raises(ip.DatasetNotFoundError, match='not finished'):
-    data_sources.for_config(_config(prepared_dir=out))
+    _source(_config(prepared_dir=out))
   assert prepare.run_command(['prepare', *args]) == 0  # the same command again
   assert json.loads((out / 'manifest.json').read_text()) == lossless[1]
   for s in lossless[1]['splits']['train']['shards']:

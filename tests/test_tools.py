@@ -19,7 +19,6 @@ from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import predict
-from alexnet_jax import stats as stats_lib
 from alexnet_jax import train
 from tests.conftest import tiny_config
 
@@ -47,7 +46,7 @@ def _network_inputs(config, images, ten_crop=False):
   (digits: 5 patches, no reflections), the pixel scale applied."""
   assert config.input.resize_size == 76 and config.model.input_size == 67
   assert not config.input.flip and config.input.mean == 'channel'
-  stats = stats_lib.for_run(config)
+  stats = predict.run_stats(config)
   x = images.astype(np.float64) - np.asarray(stats.mean, np.float64)  # (1, 1, 3) channel mean
   if ten_crop:
     x = np.stack([x[:, y:y + 67, z:z + 67] for y, z in ((0, 0), (0, 9), (9, 0), (9, 9), (4, 4))],
@@ -146,9 +145,8 @@ def test_merge_params_takes_saved_layers_and_reinitializes_named_ones():
 
 
 def test_init_from_a_missing_checkpoint_is_named(tmp_path):
-  config = tiny_config(init_from=str(tmp_path / 'nope'))
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match='init_from: No checkpoint in .*nope'):
-    train.init_params_from(config, _tree(conv1=((3, 4), 0.0)))
+    train.init_params_from(str(tmp_path / 'nope'), (), _tree(conv1=((3, 4), 0.0)))
 
 
 def test_init_from_starts_from_the_runs_params_and_resumes_its_own(runs, tmp_path):

@@ -39,7 +39,9 @@ def _opt_config(rule='paper', weight_decay_on='all'):
 
 
 def _run_three_steps(config, params, grads):
-  tx = optimizer.make_optimizer(config, steps_per_epoch=1)
+  tx = optimizer.make_optimizer(
+      optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule), 1,
+      optimizer.total_steps(config.num_train_steps, config.num_epochs, 1))
   state = tx.init(params)
   lrs = []
   for g in grads:
@@ -104,7 +106,8 @@ def test_weight_decay_on_kernels_only():
 def test_unknown_optimizer_rule_is_refused():
   config = _opt_config(rule='adam')
   with pytest.raises(ValueError, match='optimizer.rule'):
-    optimizer.make_optimizer(config, 10)
+    optimizer.make_optimizer(
+        optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule), 10, 10)
 
 
 def test_plateau_divides_after_patience_at_most_max_drops():
@@ -125,7 +128,9 @@ def test_cosine_and_warmup_schedules():
   config.schedule.name = 'cosine'
   config.schedule.warmup_epochs = 1.0
   config.num_epochs = 3
-  fn = optimizer.learning_rate_schedule(config, steps_per_epoch=10)
+  fn = optimizer.learning_rate_schedule(
+      optimizer.Hyper(**config.optimizer), optimizer.Schedule(**config.schedule), 10,
+      optimizer.total_steps(config.num_train_steps, config.num_epochs, 10))
   assert float(fn(0)) == 0.0
   np.testing.assert_allclose(float(fn(10)), 0.01, rtol=1e-6)
   assert float(fn(29)) < 1e-4
@@ -146,12 +151,12 @@ def test_topk_errors():
 def test_train_and_evaluate_writes_metrics_and_counts_eval_once(tmp_path, monkeypatch):
   config = tiny_config()
   resolved = []  # input statistics: resolved once per run, not per evaluation
-  for_config = stats_lib.for_config
-  monkeypatch.setattr(stats_lib, 'for_config',
-                      lambda *a, **k: resolved.append(1) or for_config(*a, **k))
+  for_settings = stats_lib.for_settings
+  monkeypatch.setattr(stats_lib, 'for_settings',
+                      lambda *a, **k: resolved.append(1) or for_settings(*a, **k))
   sources = []  # the data source too: once per run, not per iterator or evaluation
-  source_for = data_sources.for_config
-  monkeypatch.setattr(data_sources, 'for_config',
+  source_for = data_sources.for_dataset
+  monkeypatch.setattr(data_sources, 'for_dataset',
                       lambda *a, **k: sources.append(1) or source_for(*a, **k))
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 12 and len(resolved) == 1 and len(sources) == 1
