@@ -647,6 +647,19 @@ def create_model(model_config) -> nn.Module:
   return PRESETS[name](**kwargs)
 
 
+def recorded_config(model_config, model: nn.Module) -> dict:
+  """``config.model`` as the model ran: each key left to the module's default
+  (None) gets the module's value, so a run's config.json says what ran even
+  after a default here changes (the tools read it: predict.load_config)."""
+  names = {v: k for k, v in DTYPES.items()}
+  out = dict(model_config)
+  for key, value in out.items():
+    if value is None and hasattr(model, key):
+      ran = getattr(model, key)
+      out[key] = names.get(ran, ran)
+  return out
+
+
 def input_shape(model: nn.Module) -> tuple:
   """(H, W, 3) of the images ``model`` expects."""
   return (model.input_size, model.input_size, 3)

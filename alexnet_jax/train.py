@@ -143,7 +143,12 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
 
   # ----------------------------------------------------------------- model
   # Section 3.2: one tower per device on the mesh's 'model' axis (if > 1).
-  model = parallel.split_towers(models.create_model(config.model), mesh)
+  model = models.create_model(config.model)
+  # What config.json and each checkpoint record: the config with the model's
+  # own defaults written out (the config leaves them None).
+  recorded = config.copy_and_resolve_references()
+  recorded.model.update(models.recorded_config(config.model, model))
+  model = parallel.split_towers(model, mesh)
   hyper = optimizer_lib.Hyper(**config.optimizer)
   schedule = optimizer_lib.Schedule(**config.schedule)
   tx = optimizer_lib.make_optimizer(hyper, schedule, spe, num_steps)
@@ -173,7 +178,7 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
       data_sharding=data_sharding, model=model, tx=tx, steps_per_epoch=spe,
       num_steps=num_steps, eval_every=max(1, int(round(config.eval.every_epochs * spe))),
       abstract_state=abstract_state, state_sharding=state_sharding,
-      description=ckpt_lib.describe(config, abstract_state.params), init_rng=init_rng,
+      description=ckpt_lib.describe(recorded, abstract_state.params), init_rng=init_rng,
       train_step=lambda state, batch: jit_train(state, batch, stats),
       # Centre crop, and the paper's ten patches (five without reflections).
       eval_steps={False: eval_step(1),
@@ -187,7 +192,7 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
       checkpoints=dict(every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
                        use_async=config.async_checkpoints),
       watchdog_minutes=config.watchdog_minutes, model_name=config.model.name,
-      config_json=config.to_json_best_effort(indent=2))
+      config_json=recorded.to_json_best_effort(indent=2))
 
 
 # --------------------------------------------------------------------------
