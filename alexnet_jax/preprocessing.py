@@ -51,9 +51,10 @@ _TRIANGLE_RADIUS = 1.0
 class Geometry(NamedTuple):
   """Where the R x R (or R-short-side) base image lies in the resized image.
 
-  All (y, x) int32/float32 pairs. ``scale``: resized / original size per axis.
-  ``offset``: top-left of the base image in resized coordinates (the central
-  crop's offset). ``size``: the base image's size (R, R with a central crop).
+  All (y, x) int32/float32 pairs (tensors; NumPy arrays for a constant
+  shape). ``scale``: resized / original size per axis. ``offset``: top-left
+  of the base image in resized coordinates (the central crop's offset).
+  ``size``: the base image's size (R, R with a central crop).
   """
   scale: tf.Tensor
   offset: tf.Tensor
@@ -144,12 +145,25 @@ def base_geometry(shape: tf.Tensor, resize_size: int,
                   central_crop: bool) -> Geometry:
   """Geometry of "rescale the shorter side to R (and take the central R x R crop)".
 
+  A constant shape (``Recipe.base_jpegs``: (R, R)) gives a constant
+  Geometry: the same ops, run once when tracing, as NumPy values, so a
+  tf.data map does not run them per image.
+
   Args:
     shape: (2,) int32 original (height, width).
     resize_size: R, the shorter side after resizing (256 in the paper).
     central_crop: take the central R x R crop (paper) or keep the whole
       resized image.
   """
+  known = tf.get_static_value(shape)
+  if known is not None:
+    with tf.init_scope():  # eagerly, outside the function being traced
+      geo = _base_geometry(tf.constant(known, tf.int32), resize_size, central_crop)
+      return Geometry(*(x.numpy() for x in geo))
+  return _base_geometry(shape, resize_size, central_crop)
+
+
+def _base_geometry(shape, resize_size, central_crop) -> Geometry:
   shape_f = tf.cast(shape, tf.float32)
   resized = tf.cast(tf.round(shape_f * resize_size / tf.reduce_min(shape_f)),
                     tf.int32)  # (2,), the shorter side exactly R
