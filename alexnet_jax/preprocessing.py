@@ -27,9 +27,11 @@ upsampling differs, so windows carry a margin).
   to a random crop and halves the resampling time, which is most of the
   difference between 1.5x and 2x PyTorch's throughput.
   Originals that are already R x R (the prepared 256 x 256 data) are cropped
-  straight out of the JPEG, without resampling (detected from the JPEG
-  header's shape at run time; with ``Recipe.base_jpegs``, set for prepared
-  JPEG data, known in advance, which saves the header check's ops per image).
+  straight out of the JPEG, without resampling. One path either way: the
+  shape comes from the JPEG header at run time, or, with ``Recipe.base_jpegs``
+  (prepared JPEG data), is the constant (R, R), and then the geometry is
+  constant and the choice between cropping and resampling is made when
+  tracing (``_cond``): no header read and no branch per image.
 
 Images are either encoded strings (JPEG, or PNG/GIF/BMP, including PNGs named
 .JPEG; greyscale and CMYK JPEGs decode to RGB) or uint8 arrays (H, W, C) with
@@ -49,9 +51,10 @@ _TRIANGLE_RADIUS = 1.0
 class Geometry(NamedTuple):
   """Where the R x R (or R-short-side) base image lies in the resized image.
 
-  All (y, x) int32/float32 pairs. ``scale``: resized / original size per axis.
-  ``offset``: top-left of the base image in resized coordinates (the central
-  crop's offset). ``size``: the base image's size (R, R with a central crop).
+  All (y, x) int32/float32 pairs (tensors; NumPy arrays for a constant
+  shape). ``scale``: resized / original size per axis. ``offset``: top-left
+  of the base image in resized coordinates (the central crop's offset).
+  ``size``: the base image's size (R, R with a central crop).
   """
   scale: tf.Tensor
   offset: tf.Tensor
@@ -95,6 +98,13 @@ def _to_rgb(x: tf.Tensor) -> tf.Tensor:
   return x
 
 
+def _cond(pred, true_fn, false_fn):
+  """tf.cond, or, where ``pred`` is known when tracing (a Python bool), just that branch."""
+  if isinstance(pred, bool):
+    return true_fn() if pred else false_fn()
+  return tf.cond(pred, true_fn, false_fn)
+
+
 def decode(image: tf.Tensor) -> tf.Tensor:
   """The whole image as uint8 (H, W, 3)."""
   if not is_encoded(image):
@@ -104,11 +114,11 @@ def decode(image: tf.Tensor) -> tf.Tensor:
                  lambda: _decode_any(image))
 
 
-def read_window(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+def read_window(image: tf.Tensor, window: tf.Tensor, jpeg: bool = False) -> tf.Tensor:
   """uint8 (h, w, 3) pixels of window = [y0, x0, h, w] (int32, inside the image).
 
   JPEGs decode only the window (``decode_and_crop_jpeg``); other formats decode
-  fully and slice.
+  fully and slice. ``jpeg``: the image is known to be a JPEG (no format check).
   """
   if not is_encoded(image):
     channels = image.shape[-1] if image.shape[-1] is not None else -1
@@ -119,9 +129,9 @@ def read_window(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     return tf.slice(_decode_any(image), [window[0], window[1], 0],
                     [window[2], window[3], 3])
 
-  x = tf.cond(tf.io.is_jpeg(image),
-              lambda: tf.io.decode_and_crop_jpeg(image, window, channels=3),
-              slice_full)
+  x = _cond(True if jpeg else tf.io.is_jpeg(image),
+            lambda: tf.io.decode_and_crop_jpeg(image, window, channels=3),
+            slice_full)
   x.set_shape([None, None, 3])
   return x
 
@@ -135,12 +145,25 @@ def base_geometry(shape: tf.Tensor, resize_size: int,
                   central_crop: bool) -> Geometry:
   """Geometry of "rescale the shorter side to R (and take the central R x R crop)".
 
+  A constant shape (``Recipe.base_jpegs``: (R, R)) gives a constant
+  Geometry: the same ops, run once when tracing, as NumPy values, so a
+  tf.data map does not run them per image.
+
   Args:
     shape: (2,) int32 original (height, width).
     resize_size: R, the shorter side after resizing (256 in the paper).
     central_crop: take the central R x R crop (paper) or keep the whole
       resized image.
   """
+  known = tf.get_static_value(shape)
+  if known is not None:
+    with tf.init_scope():  # eagerly, outside the function being traced
+      geo = _base_geometry(tf.constant(known, tf.int32), resize_size, central_crop)
+      return Geometry(*(x.numpy() for x in geo))
+  return _base_geometry(shape, resize_size, central_crop)
+
+
+def _base_geometry(shape, resize_size, central_crop) -> Geometry:
   shape_f = tf.cast(shape, tf.float32)
   resized = tf.cast(tf.round(shape_f * resize_size / tf.reduce_min(shape_f)),
                     tf.int32)  # (2,), the shorter side exactly R
@@ -237,8 +260,8 @@ class Recipe(NamedTuple):
   random_resized_crop: bool
   rrc_area: Tuple[float, float]
   rrc_aspect: Tuple[float, float]
-  # Every original is an R x R JPEG (prepared data, alexnet_jax.prepare): training
-  # patches are cut straight out of it, without reading the header first.
+  # Every original is an R x R JPEG (prepared data, alexnet_jax.prepare): its
+  # shape is known in advance (train_example reads no header).
   base_jpegs: bool = False
 
 
@@ -260,23 +283,29 @@ def resize_uint8(window: tf.Tensor, size: Tuple[int, int]) -> tf.Tensor:
   return tf.cast(tf.round(x[0]), tf.uint8)
 
 
-def _is_base_size(shape: tf.Tensor, resize_size: int) -> tf.Tensor:
-  """Whether the original is already R x R (a prepared 256 x 256 file): no resampling."""
+def _is_base_size(shape: tf.Tensor, resize_size: int):
+  """Whether the original is already R x R (a prepared 256 x 256 file): no resampling.
+
+  A Python bool where the shape is known when tracing (a constant), else a tensor.
+  """
+  known = tf.get_static_value(shape)
+  if known is not None:
+    return bool((known == resize_size).all())
   return tf.reduce_all(tf.equal(shape, resize_size))
 
 
 def crop(image: tf.Tensor, shape: tf.Tensor, start: tf.Tensor,
-         size: Tuple[int, int]) -> tf.Tensor:
+         size: Tuple[int, int], jpeg: bool = False) -> tf.Tensor:
   """uint8 pixels [start, start + size) of the original, not resampled.
 
   Decodes a window with a _JPEG_MARGIN around it (its outermost rows and
   columns may differ from a full decode) and slices: equals
-  ``decode(image)[start:start + size]`` exactly.
+  ``decode(image)[start:start + size]`` exactly. ``jpeg``: as in read_window.
   """
-  size_t = tf.constant(size, tf.int32)
   lo = tf.maximum(start - _JPEG_MARGIN, 0)
-  hi = tf.minimum(start + size_t + _JPEG_MARGIN, shape)
-  window = read_window(image, tf.concat([lo, hi - lo], 0))
+  far = tf.constant([size[0] + _JPEG_MARGIN, size[1] + _JPEG_MARGIN])  # one add per image
+  hi = tf.minimum(start + far, shape)
+  window = read_window(image, tf.concat([lo, hi - lo], 0), jpeg)
   return tf.slice(window, tf.concat([start - lo, [0]], 0), [size[0], size[1], 3])
 
 
@@ -295,24 +324,52 @@ def _random_resized_crop(image, shape, seed, recipe: Recipe) -> tf.Tensor:
   # Resample the window to S x S (antialiased bilinear), decoding only it.
   crop_shape = size[:2]
   scale = tf.constant([s, s], tf.float32) / tf.cast(crop_shape, tf.float32)
-  window = read_window(image, tf.concat([begin[:2], crop_shape], 0))
+  window = read_window(image, tf.concat([begin[:2], crop_shape], 0), recipe.base_jpegs)
   return resample(window, crop_shape, scale, tf.zeros([2], tf.int32), (s, s),
                   recipe.antialias)
+
+
+def _paper_crop(image, shape, seed, recipe: Recipe):
+  """Section 4.1's S x S patch of the R x R image: (offset in it, uint8 pixels).
+
+  R x R originals are cropped straight out of the file; others resampled,
+  bilinear with ``rounded_window`` (``fast_train_resample``), antialiased
+  with the exact ``resample``.
+  """
+  s, r = recipe.crop_size, recipe.resize_size
+  geo = base_geometry(shape, r, recipe.central_crop)
+  if recipe.random_crop:
+    room = geo.size - s + 1  # (2,) number of possible offsets per axis
+    offset = tf.random.stateless_uniform(
+        [2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32) % room
+  else:
+    offset = (geo.size - s) // 2
+  start = geo.offset + offset
+
+  def resampled():
+    if recipe.fast_train_resample and not recipe.antialias:
+      return resize_uint8(rounded_window(image, shape, geo.scale, start, (s, s)), (s, s))
+    return to_uint8(resample(image, shape, geo.scale, start, (s, s), recipe.antialias))
+
+  return offset, _cond(_is_base_size(shape, r),
+                       lambda: crop(image, shape, start, (s, s), recipe.base_jpegs),
+                       resampled)
 
 
 def train_example(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> dict:
   """One training example's host half (section 4.1); alexnet_jax.augment finishes it.
 
   Returns 'image': uint8 (S, S, 3), the random S x S patch of the R x R
-  image (``random_crop``; else the centre), NOT reflected; 'offset': int32
-  (2,) its top-left in the R x R image (where the device cuts the mean
-  image); 'flip': bool (), reflect it (probability 1/2 with ``flip``);
-  'alpha': float32 (3,), the PCA-lighting draw N(0, pca_std^2).
+  image (``random_crop``; else the centre; ``random_resized_crop``: an
+  Inception-style crop instead), NOT reflected; 'offset': int32 (2,) its
+  top-left in the R x R image (where the device cuts the mean image);
+  'flip': bool (), reflect it (probability 1/2 with ``flip``); 'alpha':
+  float32 (3,), the PCA-lighting draw N(0, pca_std^2).
   ``seed``: (2,) int, this image in this pass; every draw is a function of it.
-  An original that is already R x R (prepared data) is cropped without
-  resampling (``base_jpegs``: every original is an R x R JPEG, no header
-  check; one that is not fails to decode and is reported as corrupt); otherwise bilinear patches use ``rounded_window``
-  (``fast_train_resample``), antialiased ones the exact ``resample``.
+  ``base_jpegs`` (prepared data): every original is an R x R JPEG (the
+  manifest's size is checked on loading), so its shape is a constant: no
+  header read, the crop chosen when tracing; a smaller file fails to decode
+  and is reported as corrupt.
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
   s, r = recipe.crop_size, recipe.resize_size
@@ -320,42 +377,12 @@ def train_example(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> dict:
           else tf.constant(False))
   alpha = (tf.random.stateless_normal([3], seeds[2], stddev=recipe.pca_std)
            if recipe.pca_std > 0 else tf.zeros([3]))
-  if recipe.base_jpegs and not recipe.random_resized_crop:
-    # What the general path below computes for an R x R original, in fewer
-    # ops (a tf.data map runs them once per image): geometry offset 0, size R.
-    if recipe.random_crop:
-      offset = tf.random.stateless_uniform(
-          [2], seeds[0], minval=0, maxval=tf.int32.max, dtype=tf.int32) % (r - s + 1)
-    else:
-      offset = tf.constant([(r - s) // 2] * 2, tf.int32)
-    lo = tf.maximum(offset - _JPEG_MARGIN, 0)
-    window = tf.io.decode_and_crop_jpeg(
-        image, tf.concat([lo, tf.minimum(offset + (s + _JPEG_MARGIN), r) - lo], 0),
-        channels=3)
-    x = tf.slice(window, tf.concat([offset - lo, [0]], 0), [s, s, 3])
-    x.set_shape([s, s, 3])
-    return {'image': x, 'offset': offset, 'flip': flip, 'alpha': alpha}
-  shape = image_shape(image)
+  shape = tf.constant([r, r], tf.int32) if recipe.base_jpegs else image_shape(image)
   if recipe.random_resized_crop:
     x = to_uint8(_random_resized_crop(image, shape, seeds[0], recipe))
     offset = tf.zeros([2], tf.int32)
   else:
-    geo = base_geometry(shape, r, recipe.central_crop)
-    if recipe.random_crop:
-      room = geo.size - s + 1  # (2,) number of possible offsets per axis
-      offset = tf.random.stateless_uniform(
-          [2], seeds[0], minval=0, maxval=tf.int32.max, dtype=tf.int32) % room
-    else:
-      offset = (geo.size - s) // 2
-    start = geo.offset + offset
-
-    def resampled():
-      if recipe.fast_train_resample and not recipe.antialias:
-        return resize_uint8(rounded_window(image, shape, geo.scale, start, (s, s)), (s, s))
-      return to_uint8(resample(image, shape, geo.scale, start, (s, s), recipe.antialias))
-
-    x = tf.cond(_is_base_size(shape, r), lambda: crop(image, shape, start, (s, s)),
-                resampled)
+    offset, x = _paper_crop(image, shape, seeds[0], recipe)
   x.set_shape([s, s, 3])
   return {'image': x, 'offset': offset, 'flip': flip, 'alpha': alpha}
 
@@ -379,8 +406,8 @@ def base_image_uint8(image: tf.Tensor, resize_size: int,
                      antialias: bool = False) -> tf.Tensor:
   """The paper's R x R image (section 2), uint8 (R, R, 3); R x R originals as they are."""
   r = resize_size
-  x = tf.cond(_is_base_size(image_shape(image), r), lambda: decode(image),
-              lambda: to_uint8(base_image(image, r, True, antialias)[0]))
+  x = _cond(_is_base_size(image_shape(image), r), lambda: decode(image),
+            lambda: to_uint8(base_image(image, r, True, antialias)[0]))
   x.set_shape([r, r, 3])
   return x
 
@@ -404,8 +431,8 @@ def eval_example(image: tf.Tensor, recipe: Recipe, multi_crop: bool = False) -> 
     return tf.stack([to_uint8(resample(image, shape, geo.scale, geo.offset + o, (s, s),
                                        recipe.antialias)) for o in tf.unstack(offsets)])
   start = geo.offset + (geo.size - s) // 2
-  x = tf.cond(_is_base_size(shape, r), lambda: crop(image, shape, start, (s, s)),
-              lambda: to_uint8(resample(image, shape, geo.scale, start, (s, s),
-                                        recipe.antialias)))
+  x = _cond(_is_base_size(shape, r), lambda: crop(image, shape, start, (s, s)),
+            lambda: to_uint8(resample(image, shape, geo.scale, start, (s, s),
+                                      recipe.antialias)))
   x.set_shape([s, s, 3])
   return x

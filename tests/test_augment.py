@@ -267,6 +267,31 @@ def test_an_r_by_r_jpeg_is_cropped_without_resampling():
   assert pp.eval_example(bigger, recipe, multi_crop=True).shape == (R, R, 3)
 
 
+@pytest.mark.parametrize('change', [
+    {}, {'random_crop': False}, {'central_crop': False}, {'fast_train_resample': False},
+    {'antialias': True}, {'random_resized_crop': True}])
+def test_prepared_jpegs_give_the_general_training_examples(change):
+  """base_jpegs (the shape known in advance: no header read, no branch) gives the
+  examples of the general computation for the same R x R JPEG and seed, traced
+  as tf.data traces them."""
+  rgb = np.random.default_rng(5).integers(0, 256, (R, R, 3), dtype=np.uint8)
+  encoded = tf.constant(fx.jpeg_bytes(rgb, quality=90))
+  pixels = tf.io.decode_jpeg(encoded, channels=3).numpy()
+  general = _recipe(**change)
+  assert not general.base_jpegs
+  graph = lambda recipe: tf.function(lambda x, seed: pp.train_example(x, seed, recipe))
+  prepared, everything = graph(general._replace(base_jpegs=True)), graph(general)
+  for i in range(6):
+    seed = tf.constant([9, i], tf.int64)
+    a, b = prepared(encoded, seed), everything(encoded, seed)
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+    if not general.random_resized_crop:  # the S x S piece of the file's pixels
+      oy, ox = a['offset'].numpy()
+      np.testing.assert_array_equal(a['image'], pixels[oy:oy + S, ox:ox + S])
+
+
 # --------------------------------------------------------------------------
 # Statistics: one PCA convention for computed and published constants
 # --------------------------------------------------------------------------
