@@ -248,7 +248,7 @@ def validate(config, *, num_devices: Optional[int] = None,
 
 def dataset_problems(config, dataset_info: Any) -> list[str]:
   """What `config` asks of the dataset that `dataset_info`
-  (input_pipeline.dataset_info(config)) does not have: its class count, and at
+  (input_pipeline.resolve(config).info) does not have: its class count, and at
   least one global batch of training images (an epoch is num_train //
   batch_size steps, input_pipeline.steps_per_epoch)."""
   problems = []

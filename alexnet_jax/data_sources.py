@@ -450,7 +450,7 @@ def _tfds_not_found(spec, builder=None) -> DatasetNotFoundError:
         f'then pass --config.dataset.data_dir={data_dir}. Preparing ImageNet takes '
         'a few hours and ~150 GB; on Python 3.11 tfds also needs importlib_resources. '
         'Then optionally `python -m alexnet_jax.prepare ... --output_dir=DIR` writes '
-        'the 256x256 images once (README: "Prepared data").')
+        'the 256x256 images once (docs/data.md, "Prepared data").')
   return DatasetNotFoundError(
       f'tfds dataset {name!r} is not prepared in {data_dir}. Download and prepare '
       f'it once with: {tfds_build_command(spec)}\n'

@@ -128,7 +128,7 @@ def maybe_initialize_distributed() -> None:
 
 
 # --------------------------------------------------------------------------
-# A lost process (README "Faults and resuming", launch/README.md)
+# A lost process (docs/faults.md, launch/README.md)
 # --------------------------------------------------------------------------
 
 # JAX's default: a process that sends no heartbeat for this long (killed,

@@ -1,5 +1,5 @@
 """The training run's fault boundary: everything the loop (train.py, section 5)
-does not do itself when something goes wrong (README "Faults and resuming").
+does not do itself when something goes wrong (docs/faults.md).
 
     with Supervisor(workdir, ...) as supervisor:    # the workdir lock, the watchdog
       state = restore(supervisor.ckpt)

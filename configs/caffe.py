@@ -5,7 +5,7 @@ r"""Caffe's bvlc_alexnet (BVLC model zoo) for imported weights.
       [--config.input.stats_path=caffe_mean.npz]
   python -m alexnet_jax.predict --workdir=$WORKDIR image.jpg
 
-(the README's import table gives the steps from bvlc_alexnet.caffemodel and
+(docs/tools.md's import table gives the steps from bvlc_alexnet.caffemodel and
 imagenet_mean.binaryproto to the two .npz files.) The network is the paper's
 two-tower AlexNet (configs/ilsvrc.py) as models/bvlc_alexnet/deploy.prototxt
 and train_val.prototxt define it; on a 256x256 image, predict's probabilities

@@ -30,7 +30,7 @@ optimizer: epsW 0.001, momentum 0.9, batch 128 (its epsB 0.002 for biases and
 wc weight decay are not used). The paper tuned each net's learning rate
 separately: set --config.optimizer.learning_rate per run.
 
-Hardware and result: see README (Figure 1); on CIFAR-10 a few minutes per epoch
+Hardware and result: see docs/tools.md (Figure 1); on CIFAR-10 a few minutes per epoch
 on 2 CPU cores, not yet run to completion by us.
 """
 
