@@ -170,6 +170,8 @@ def write_workdir(workdir: str, config, params: Mapping[str, Any],
   from alexnet_jax import optimizer  # pylint: disable=g-import-not-at-top
   from alexnet_jax import steps  # pylint: disable=g-import-not-at-top
   model = models.create_model(config.model)
+  config = config.copy_and_resolve_references()  # recorded as train records it:
+  config.model.update(models.recorded_config(config.model, model))  # the model's values
   tx = optimizer.make_optimizer(optimizer.Hyper(**config.optimizer),
                               optimizer.Schedule(**config.schedule), 1, 1)
   fresh = jax.eval_shape(lambda: steps.create_train_state(jax.random.key(0), model, tx))

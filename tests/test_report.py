@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from alexnet_jax import models
 from alexnet_jax import report
 from alexnet_jax import sweep
 
@@ -20,6 +21,8 @@ def _fake_run(root, overrides, metrics, name=None):
   args = ['--config=configs/ilsvrc.py', '--workdir=x',
           *(f'--config.{k}={sweep.format_value(v)}' for k, v in overrides.items())]
   config, _ = sweep.parse_main_flags(args)
+  # As train.setup records it: the model's own values written out.
+  config.model.update(models.recorded_config(config.model, models.create_model(config.model)))
   workdir = os.path.join(root, name or sweep.run_dirname(overrides))
   os.makedirs(workdir)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
