@@ -50,7 +50,8 @@ def trace_then_scale(learning_rate, momentum: float, weight_decay: float,
 
 
 def decay_mask(params: Any, which: str) -> Any:
-  """Which parameters get weight decay: 'all' (paper) or 'kernels' (Caffe)."""
+  """Which parameters get weight decay: 'all' (section 5's rule read for every
+  w) or 'kernels' (Caffe's bvlc_alexnet: biases undecayed)."""
   if which == 'all':
     return jax.tree.map(lambda _: True, params)
   if which == 'kernels':

@@ -31,13 +31,13 @@ Behind it (exit status 75 means: rerun the same command to resume):
 
 Why not orbax's and JAX's own preemption support (orbax 0.12.8,
 CheckpointManager.reached_preemption -> jax 0.10.2
-multihost_utils.reached_preemption_sync_point): it returns False unless
-jax.distributed is initialized (a single process, our default, never
-stops), it hears of SIGTERM only (not Ctrl-C), through a notifier that JAX's
-C++ runtime installs in place of our handler, and every process must ask it
-on every step. Our flag covers both signals in one or many processes
-and agrees on the step with multihost_utils' all-gather every `agree_every`
-steps.
+multihost_utils.reached_preemption_sync_point): its sync manager exists only
+once jax.distributed is initialized (a single process, our default, would
+never stop); its notice is SIGTERM alone (not Ctrl-C), caught by JAX's C++
+runtime rather than Python; and all hosts must call it on every step from
+the same start step (its docstring). Our flag covers both signals in one or
+many processes and agrees on the step with multihost_utils' all-gather every
+`agree_every` steps (the logging interval), so a step pays no host sync.
 
 Tests inject faults through the `hooks` argument (tests/fault_main.py passes
 one through train.train_and_evaluate): each is called as hook(event, step) at 'restored', 'trained' (after a step's update) and

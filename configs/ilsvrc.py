@@ -23,15 +23,18 @@ Table 2). The paper reports no single-crop error.
 The network's values are models.AlexNet's field defaults (each cites its section); config.model
 sets only name, classes and crop size, the other fields are typed placeholders (None = the model's).
 
-Every number below cites the paper section it comes from; deviations from the
-paper are named switches whose defaults are the paper's, with one exception:
+Every number below cites the paper section it comes from. Several defaults
+depart from the paper's letter (weight decay on kernels only, LRN windows per
+tower, 227 crops, the plateau's patience, published statistics when none are
+given, ...): the README's table "Where the defaults depart from the paper"
+names each with its reason and the switch back. The largest:
 
 Initial biases 0.1, not the paper's 1 (section 5), in conv2, conv4, conv5, fc6
 and fc7 (models.AlexNet.bias_init; the paper's letter: --config.model.bias_init=1.0).
 Caffe's bvlc_alexnet reproduction made the same change, "found necessary for
 training, as initialization to 1 gave flat loss" (models/bvlc_alexnet/readme.md).
 Measured here (2026-12-03, CPU, `python benchmarks/init_stability.py`, table and
-figure in docs/init_stability.md): at the paper's batch 128 and eps 0.01, biases 1
+figure in docs/init_stability.md): on a proxy at the paper's batch 128 and eps 0.01, biases 1
 spike the loss to ~12 in the first 10 steps, then fc7's firing fraction falls
 to 0.00 by step ~60 and the loss stays at chance (ln 10 = 2.303 on the digits
 proxy; ln 16 on 16 real ImageNet JPEGs), as it does with a 20-step eps warmup;
