@@ -11,7 +11,7 @@ not here.
 
 INTERFACE (used by train.py, the tools and the benchmarks):
 
-  data = resolve(config) -> Input(source, recipe, info, seed, threads)
+  data = resolve(config) -> Input(source, recipe, info, seed, dataset)
       The dataset resolved once: raises DatasetNotFoundError naming the exact
       preparation steps. Everything below reads `data`, never the config.
   train_iterator(data, *, batch_size, start_step=0, process_index=0, process_count=1)
@@ -131,7 +131,12 @@ class Input:
   recipe: pp.Recipe
   info: DatasetInfo
   seed: int
-  threads: int = 0   # tf.data threads; 0 = one per CPU core
+  dataset: data_sources.Dataset  # config.dataset, as resolved
+
+  @property
+  def threads(self) -> int:
+    """tf.data threads; 0 = one per CPU core."""
+    return int(self.dataset.threads)
 
   @property
   def train(self) -> data_sources.Split:
@@ -152,8 +157,7 @@ def resolve(config) -> Input:
   source = data_sources.for_dataset(ds, inp.resize_size, inp.antialias)
   return Input(source=source,
                recipe=make_recipe(config.model.input_size, _prepared_jpegs(ds), **inp),
-               info=data_sources.info_of(source), seed=int(config.seed),
-               threads=int(ds.threads))
+               info=data_sources.info_of(source), seed=int(config.seed), dataset=ds)
 
 
 def _options(threads: int) -> tf.data.Options:

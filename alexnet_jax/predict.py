@@ -72,29 +72,33 @@ def _tuples(tree):
   return tree
 
 
-# What the tools read from a run's config.json: the model's name, classes and
-# crop size (its other keys, absent or None, are the model's own defaults) and
-# the evaluation input (preprocessing, statistics, pixel scale).
-RUN_KEYS = (
-    'model.name', 'model.num_classes', 'model.input_size',
-    'dataset.source', 'dataset.prepared_dir', 'dataset.folder',
-    'input.resize_size', 'input.central_crop', 'input.random_crop', 'input.flip',
-    'input.pca_lighting', 'input.antialias', 'input.fast_train_resample',
-    'input.random_resized_crop', 'input.rrc_area', 'input.rrc_aspect', 'input.mean',
-    'input.pixel_scale', 'input.stats_path', 'input.published_mean_rgb',
-    'input.published_pca_eigval', 'input.published_pca_eigvec')
+def run_keys() -> list:
+  """What the tools read from a run's config.json: the model's name, classes
+  and crop size (its other keys, absent or None, are the model's own defaults),
+  the source, and the evaluation input: every config.input key that the
+  preprocessing Recipe (input_pipeline.make_recipe) or stats.Settings takes,
+  and the pixel scale. Derived from those, so a new input key is asked of old
+  runs without a list to keep here."""
+  from alexnet_jax import preprocessing  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  recipe = [f for f in preprocessing.Recipe._fields  # set by make_recipe, not config.input:
+            if f not in ('crop_size', 'pca_std', 'base_jpegs')]
+  settings = [f.name for f in dataclasses.fields(stats_lib.Settings)]
+  inputs = dict.fromkeys(recipe + settings + ['pca_lighting', 'pixel_scale'])
+  return (['model.name', 'model.num_classes', 'model.input_size',
+           'dataset.source', 'dataset.prepared_dir', 'dataset.folder']
+          + [f'input.{k}' for k in inputs])
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """W/config.json as the run wrote it. One written by an earlier version that
-  lacks keys the tools read (RUN_KEYS) is refused, the keys named."""
+  lacks keys the tools read (`run_keys`) is refused, the keys named."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: --workdir must be a directory '
                             'that alexnet_jax.main (or alexnet_jax.convert) wrote.')
   with open(path) as f:
     saved = _tuples(json.load(f))
-  missing = [k for k in RUN_KEYS if not _has(saved, k)]
+  missing = [k for k in run_keys() if not _has(saved, k)]
   if missing:
     raise ValueError(
         f'{path} has no {", ".join(missing)}: an earlier version of alexnet_jax wrote '

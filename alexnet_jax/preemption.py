@@ -142,8 +142,8 @@ class PreemptionFlag:
     del frame
     if self.set and signum == signal.SIGINT:
       if self._previous.get(signum) is exit_on_signal:  # under main
-        stop_now(f'SIGINT again: stopping at once without saving. '
-                            f'{resume_point()} Run the same command to resume.')
+        stop_now(f'SIGINT again: stopping at once without saving. {resume_point()} Run the '
+                 'same command to resume.')
       raise KeyboardInterrupt
     logging.warning('%s received: saving a checkpoint and stopping%s.',
                     signal.Signals(signum).name,
@@ -220,9 +220,8 @@ class Watchdog:
         faulthandler.dump_traceback(f, all_threads=True)
       return self.dump_path
     except (OSError, TypeError):  # TypeError: no dump_path
-      fd = _stderr_fd
-      os.write(fd, header.encode())
-      faulthandler.dump_traceback(fd, all_threads=True)
+      os.write(_stderr_fd, header.encode())
+      faulthandler.dump_traceback(_stderr_fd, all_threads=True)
       return 'stderr above'
 
   def _fire(self, idle: float) -> None:

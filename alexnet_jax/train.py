@@ -137,7 +137,7 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
   # Section 2 / 4.1 statistics (mean image, PCA), passed to the jitted steps,
   # which finish the preprocessing on the device.
   stats, stats_sharding = _device_stats(stats_lib.for_run(
-      stats_lib.Settings.of(**config.input), input_pipeline.Dataset(**config.dataset),
+      stats_lib.Settings.of(**config.input), data.dataset,
       lambda: input_pipeline.stats_images(data)), mesh)
   pixel_scale = augment.pixel_scale_of(config.input.pixel_scale)  # float or (R, G, B)
 
