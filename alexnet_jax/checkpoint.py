@@ -501,8 +501,8 @@ class Checkpointer:
     return self._save(self.latest, step, state, description, progress, force=force)
 
   def save_best(self, step: int, state: Any, description: dict, metrics: dict) -> bool:
-    """Offers `step` to best/ (kept if its top-1 error is the lowest). A step
-    already there (evaluated before a kill) is not written again."""
+    """Offers `step` to best/ (kept if metrics['top1_error'], the top-1 error
+    that config.eval.select_on names, is the lowest). A step already there (evaluated before a kill) is not written again."""
     return self._save(self.best, step, state, description, None,
                       metrics={k: float(v) for k, v in metrics.items()}, force=True)
 

@@ -205,6 +205,10 @@ def _check_optimizer(c: _Checks) -> None:
   c.positive_int('schedule.patience')
   c.positive_int('schedule.max_drops', 0)
   c.in_range('schedule.warmup_epochs', 0, None)
+  if c.one_of('eval.select_on', optimizer.SELECT_ON) and (
+      c.get('eval.select_on') == 'eval_multicrop_top1_error' and not c.get('eval.ten_crop')):
+    c.bad('eval.select_on', c.get('eval.select_on'), 'needs --config.eval.ten_crop=True '
+          "(the multi-crop evaluation), or use 'eval_top1_error'.")
 
 
 def _check_mesh(c: _Checks, num_devices: Optional[int]) -> None:

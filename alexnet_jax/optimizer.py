@@ -63,6 +63,9 @@ def decay_mask(params: Any, which: str) -> Any:
 OPTIMIZER_RULES = {'paper': paper_momentum, 'trace_then_scale': trace_then_scale}
 WEIGHT_DECAY_ON = ('all', 'kernels')   # config.optimizer.weight_decay_on
 SCHEDULES = ('plateau', 'step', 'cosine', 'constant')   # config.schedule.name
+# config.eval.select_on: the validation metric the plateau and best/ follow:
+# the centre crop's or the multi-crop (ten patches, section 4.1) top-1 error.
+SELECT_ON = ('eval_top1_error', 'eval_multicrop_top1_error')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,6 +98,7 @@ class Run:
   eval_batch_size: int
   eval_split: str
   ten_crop: bool                 # also evaluate the paper's ten patches (section 4.1)
+  select_on: str                 # the metric the plateau and best/ follow (config.eval.select_on)
   flip: bool                     # ten patches with reflections, else five
   prefetch: int                  # batches in flight to the devices
   min_firing: float              # the dead-layer alarm (config.health)
@@ -185,7 +186,8 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
                   True: eval_step(augment.num_eval_crops(config.input.flip))},
       batch_size=config.batch_size, log_every_steps=config.log_every_steps,
       eval_batch_size=config.eval.batch_size, eval_split=config.dataset.eval_split,
-      ten_crop=config.eval.ten_crop, flip=config.input.flip, prefetch=config.dataset.prefetch,
+      ten_crop=config.eval.ten_crop, select_on=config.eval.select_on, flip=config.input.flip,
+      prefetch=config.dataset.prefetch,
       min_firing=config.health.min_firing, stop_on_dead_layer=config.health.stop_on_dead_layer,
       hyper=hyper, schedule=schedule,
       init_from=config.init_from, init_reinit=tuple(config.init_reinit or ()),
@@ -256,8 +258,10 @@ def restore_or_init(run: Run, ckpt: ckpt_lib.Checkpointer) -> tuple[TrainState, 
 
 def evaluate(run: Run, params: Any, ten_crop: bool,
              supervise: Callable[[Iterable], Iterable] = iter) -> dict:
-  """Top-1/top-5 error and loss over the whole eval split, each image once.
-  `supervise`: the batches pass through it (Supervisor.eval_batches)."""
+  """Top-1/top-5 error and loss over the eval split's images that decode, each
+  once; 'undecoded': how many did not (named in the log by input_pipeline and
+  left out of the errors' denominator). `supervise`: the batches pass through
+  it (Supervisor.eval_batches)."""
   batches = parallel.prefetch(input_pipeline.eval_iterator(
       run.data, batch_size=run.eval_batch_size // run.num_shards, ten_crop=ten_crop,
       process_index=run.shard, process_count=run.num_shards), run.data_sharding, run.prefetch)
@@ -269,7 +273,8 @@ def evaluate(run: Run, params: Any, ten_crop: bool,
     raise ValueError(f'The evaluation split {run.eval_split!r} yielded no '
                      'images (none decoded, or it is empty).')
   totals = {k: sum(float(s[k]) for s in sums) for k in sums[0]}
-  return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {'count': count}
+  return {k: float(v) / count for k, v in totals.items() if k != 'count'} | {
+      'count': count, 'undecoded': float(run.data.info.num_eval - count)}
 
 
 def run_evals(run: Run, params: Any, step: int, loop: 'Loop') -> dict:
@@ -280,9 +285,10 @@ def run_evals(run: Run, params: Any, step: int, loop: 'Loop') -> dict:
     t0 = time.time()
     m = evaluate(run, params, ten, loop.supervisor.eval_batches)
     results.update({f'{prefix}_{k}': v for k, v in m.items() if k != 'count'})
-    logging.info('step %d %s (%d images, %.1fs): loss %.4f, top-1 error %.2f%%, '
+    left_out = f', {m["undecoded"]:.0f} not decoded, left out' if m['undecoded'] else ''
+    logging.info('step %d %s (%d images%s, %.1fs): loss %.4f, top-1 error %.2f%%, '
                  'top-5 error %.2f%%', step, augment.crop_name(ten, run.flip),
-                 m['count'], time.time() - t0, m['loss'], 100 * m['top1_error'],
+                 m['count'], left_out, time.time() - t0, m['loss'], 100 * m['top1_error'],
                  100 * m['top5_error'])
   loop.writer.write_scalars(step, results)
   return results
@@ -291,7 +297,9 @@ def run_evals(run: Run, params: Any, step: int, loop: 'Loop') -> dict:
 def evaluate_and_update(run: Run, state: TrainState, step: int, loop: 'Loop'
                         ) -> tuple[TrainState, dict]:
   """Evaluation at `step` (its checkpoint is already saved), the plateau
-  schedule's update (section 5), and the offer to best/."""
+  schedule's update (section 5), and the offer to best/; both follow the
+  metric run.select_on (config.eval.select_on: the centre crop's top-1 error
+  by default)."""
   try:
     results = run_evals(run, state.params, step, loop)
   except Exception as e:
@@ -304,7 +312,7 @@ def evaluate_and_update(run: Run, state: TrainState, step: int, loop: 'Loop'
   if schedule.name == 'plateau' and step < run.num_steps:
     # Section 5: the learning rate is divided by 10 when the validation error stops improving.
     plateau, drop = optimizer_lib.plateau_update(
-        jax.device_get(state.plateau), results['eval_top1_error'], schedule)
+        jax.device_get(state.plateau), results[run.select_on], schedule)
     opt_state = optimizer_lib.set_lr_scale(
         state.opt_state, optimizer_lib.plateau_scale(schedule, plateau['drops']))
     if drop:
@@ -313,7 +321,7 @@ def evaluate_and_update(run: Run, state: TrainState, step: int, loop: 'Loop'
                    schedule.max_drops)
     state = jax.device_put(state.replace(plateau=plateau, opt_state=opt_state),
                            run.state_sharding)
-  loop.ckpt.save_best(step, state, run.description, {'top1_error': results['eval_top1_error']})
+  loop.ckpt.save_best(step, state, run.description, {'top1_error': results[run.select_on]})
   loop.progress.evaluated_step = step
   return state, results
 
@@ -440,7 +448,7 @@ def log_train(run: Run, step: int, window: list, rate: float, writer) -> dict:
 def final_metrics(run: Run, state: TrainState, progress: Progress, last_eval: dict) -> dict:
   """final_metrics.json: the last train window and the last evaluation."""
   keys = ('eval_top1_error', 'eval_top5_error', 'eval_loss', 'eval_multicrop_top1_error',
-          'eval_multicrop_top5_error')
+          'eval_multicrop_top5_error', 'eval_undecoded')
   return {'step': int(state.step), 'wall_time_s': progress.wall_time(),
           **progress.train_metrics, **{k: last_eval.get(k) for k in keys},
           'eval_multicrop_crops': augment.num_eval_crops(run.flip) if run.ten_crop else None}
