@@ -58,7 +58,7 @@ MODEL_FIELDS = (
     ('lrn_bias', float), ('lrn_alpha', float), ('lrn_beta', float),
     ('lrn_per_tower', bool), ('lrn_impl', str), ('pool_window', int),
     ('pool_stride', int), ('pool_impl', str), ('activation', str),
-    ('dropout_rate', float), ('remove_conv', int), ('kernel_init', str),
+    ('dropout_rate', float), ('dropout_scaling', str), ('remove_conv', int), ('kernel_init', str),
     ('init_std', tuple), ('bias_init', float), ('grouped_conv_impl', str),
     ('dtype', str), ('param_dtype', str))
 
