@@ -23,21 +23,26 @@ Table 2). The paper reports no single-crop error.
 The network's values are models.AlexNet's field defaults (each cites its section); config.model
 sets only name, classes and crop size, the other fields are typed placeholders (None = the model's).
 
-Every number below cites the paper section it comes from. Several defaults
-depart from the paper's letter (weight decay on kernels only, LRN windows per
-tower, 227 crops, the plateau's patience, published statistics when none are
-given, ...): the README's table "Where the defaults depart from the paper"
-names each with its reason and the switch back. The largest:
+Every number below cites the paper section it comes from. Eight defaults
+depart from the paper's letter: the initial biases, weight decay on kernels
+only, LRN windows per tower, 227 crops (1,800 training patches per image, not
+2048), the plateau's rule and the error it follows (eval.select_on), published
+statistics for tfds read on the fly, training patches from rounded windows
+when not prepared, and inverted dropout. The README's table "Where the
+defaults depart from the paper" gives each with the paper's words, the reason
+and the switch back. The largest:
 
 Initial biases 0.1, not the paper's 1 (section 5), in conv2, conv4, conv5, fc6
 and fc7 (models.AlexNet.bias_init; the paper's letter: --config.model.bias_init=1.0).
 Caffe's bvlc_alexnet reproduction made the same change, "found necessary for
 training, as initialization to 1 gave flat loss" (models/bvlc_alexnet/readme.md).
 Measured here (2026-12-03, CPU, `python benchmarks/init_stability.py`, table and
-figure in docs/init_stability.md): on a proxy at the paper's batch 128 and eps 0.01, biases 1
-spike the loss to ~12 in the first 10 steps, then fc7's firing fraction falls
-to 0.00 by step ~60 and the loss stays at chance (ln 10 = 2.303 on the digits
-proxy; ln 16 on 16 real ImageNet JPEGs), as it does with a 20-step eps warmup;
+figure in docs/init_stability.md; not on ImageNet): on a 10-class proxy of
+upscaled 8x8 digits at the paper's batch 128 and eps 0.01 (and on 16 real
+ImageNet JPEGs at batch 16), biases 1 spike the loss to ~12 in the first 10
+steps, then fc7's firing fraction falls to 0.00 (by step ~60 on the proxy) and
+the loss stays at chance (ln 10 = 2.303 on the digits proxy; ln 16 on the 16
+JPEGs), as it does with a 20-step eps warmup;
 biases 0.1 keep fc7 alive (>= 0.99 of its units fire) and leave chance by step
 26 (mean loss 1.26 over steps 51-60 on the proxy). This config itself, run
 by the training command on the proxy for 60 steps (docs/init_stability.md):
@@ -133,7 +138,7 @@ def get_config(arg=None):
 
   # --------------------------------------------- model (section 3, figure 2)
   # models.AlexNet's fields are the paper's network (each cites its section;
-  # bias_init 0.1, see above): the recipe names it, the data's classes and the
+  # bias_init, lrn_per_tower, dropout_scaling: the README's table): the recipe names it, the data's classes and the
   # crop size the input pipeline cuts; MODEL_FIELDS are left to the model.
   config.model = ml_collections.ConfigDict()
   config.model.name = 'alexnet'          # section 3; 'alexnet_tiny', 'torchvision', 'figure1'
