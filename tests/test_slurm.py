@@ -1,0 +1,299 @@
+"""launch/slurm.sbatch and `sweep --engine=slurm` on a real Slurm (issue 27).
+
+Needs a Slurm cluster with an idle node and at least 2 CPUs: `sudo
+launch/local_slurm.sh` starts one on this machine (CI does; .ci/run). Without
+one every test here is skipped with one line naming that script.
+
+Jobs run the tiny digits config on the CPU (`CPU_JOB`: no GPUs, one CPU a
+task). Faults come from tests/fault_main.py through a PYTHON wrapper
+(`_fault_python`) that injects one into one task, on the first start or on
+every start; the scheduler's side (scancel, srun, requeue, MAX_RESTARTS) is
+Slurm's own. A requeued job waits for its begin time (2 minutes, set by
+Slurm on requeue); the tests release it at once (`scontrol update
+StartTime=now`: `scontrol release` does not, the job is not held).
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = 'launch/local_slurm.sh'
+
+
+def _slurm_up() -> bool:
+  if not shutil.which('sinfo'):
+    return False
+  out = subprocess.run(['sinfo', '--noheader', '--format=%t %c'], capture_output=True,
+                       text=True, check=False)
+  return any(line.split()[0] in ('idle', 'mix', 'alloc') and int(line.split()[1]) >= 2
+             for line in out.stdout.splitlines() if len(line.split()) == 2)
+
+
+if not _slurm_up():
+  pytest.skip(f'no Slurm with an idle node of >= 2 CPUs: start one with `sudo {SCRIPT}`',
+              allow_module_level=True)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
+              pytest.mark.filterwarnings('ignore:Sharding info not provided')]
+
+# The README's CPU example: no GPUs, one CPU a task.
+CPU_JOB = ['--gpus-per-node=0', '--cpus-per-task=1']
+STEPS = 12   # checkpoints every 4 steps, evaluations at 11 and 12 (tests/conftest.py TINY)
+FLAGS = ['--config=configs/digits.py', *tiny_flags(**{
+    'eval.ten_crop': False, 'num_train_steps': STEPS})]
+TIMEOUT_S = 300  # for a job to reach a state; jobs of other tests may hold the CPUs
+
+
+def _env(**extra):
+  """The job's environment (sbatch exports the submitter's): this Python
+  first on PATH, one CPU device a task, the session's compilation cache."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+  env.pop('SLURM_JOB_ID', None)
+  env.update(extra)
+  return env
+
+
+def _fault_python(tmp_path, fault, task=0, every_start=False):
+  """A PYTHON for slurm.sbatch: task `task` runs tests/fault_main.py
+  --fault=`fault` (on the first start only unless `every_start`), the others
+  main; each writes its pid to tmp_path/pid.TASK.START."""
+  path = tmp_path / 'fault_python'
+  starts = 'true' if every_start else '[[ "${SLURM_RESTART_COUNT:-0}" == 0 ]]'
+  path.write_text(f'''#!/bin/bash
+shift 3  # -u -m alexnet_jax.main
+echo $$ > {tmp_path}/pid.${{SLURM_PROCID}}.${{SLURM_RESTART_COUNT:-0}}
+if [[ "${{SLURM_PROCID}}" == {task} ]] && {starts}; then
+  exec {shlex.quote(sys.executable)} -u tests/fault_main.py --fault={fault} "$@"
+fi
+exec {shlex.quote(sys.executable)} -u -m alexnet_jax.main "$@"
+''')
+  path.chmod(0o755)
+  return str(path)
+
+
+def _sbatch(out, *args, env=None):
+  """Submits launch/slurm.sbatch (log to `out`); the job id."""
+  proc = subprocess.run(['sbatch', '--parsable', f'--output={out}', *CPU_JOB, *args],
+                        cwd=ROOT, env=env or _env(), capture_output=True, text=True,
+                        check=True)
+  return proc.stdout.strip().split(';')[0]
+
+
+def _job(job):
+  """scontrol's record of `job`: {'JobState': 'RUNNING', 'Restarts': '0', ...}."""
+  out = subprocess.run(['scontrol', '--oneliner', 'show', 'job', job],
+                       capture_output=True, text=True, check=True).stdout
+  return dict(re.findall(r'(\w+)=(\S*)', out))
+
+
+def _wait(job, until, what, timeout=TIMEOUT_S):
+  """Polls `job`'s record until `until(record)`; returns the record."""
+  deadline = time.monotonic() + timeout
+  while True:
+    record = _job(job)
+    if until(record):
+      return record
+    if time.monotonic() > deadline:
+      subprocess.run(['scancel', job], check=False)
+      raise AssertionError(f'job {job}: not {what} after {timeout} s: {record}')
+    time.sleep(0.5)
+
+
+def _ended(job, timeout=TIMEOUT_S):
+  return _wait(job, lambda r: r['JobState'] in ('COMPLETED', 'FAILED', 'CANCELLED',
+                                                 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY'),
+               'ended', timeout)
+
+
+def _requeued(job, restarts):
+  """Waits until `job` is queued again after its `restarts`-th requeue, then
+  releases it from the begin time Slurm sets on requeue."""
+  record = _wait(job, lambda r: r['JobState'] == 'PENDING' and r['Restarts'] == str(restarts),
+                 f'requeued ({restarts})')
+  subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now'], check=True)
+  return record
+
+
+def _segments(out):
+  """The job's log (`out`), split at the line slurm.sbatch writes at each start."""
+  text = open(out).read()
+  return re.split(r'^\S+ job \d+ task \S+: .*$', text, flags=re.M)[1:]
+
+
+def _errors(text):
+  return [line for line in text.splitlines() if line.startswith('ERROR:')]
+
+
+def _pid(tmp_path, task, start, timeout=TIMEOUT_S):
+  path = tmp_path / f'pid.{task}.{start}'
+  deadline = time.monotonic() + timeout
+  while not path.exists() or not path.read_text().strip():
+    assert time.monotonic() < deadline, f'{path}: no task started'
+    time.sleep(0.2)
+  return int(path.read_text())
+
+
+def _wait_stopped(pid, timeout=TIMEOUT_S):
+  """Waits until process `pid` is stopped (SIGSTOP: state T)."""
+  deadline = time.monotonic() + timeout
+  while open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'T':
+    assert time.monotonic() < deadline, f'process {pid} not stopped'
+    time.sleep(0.2)
+
+
+def _state(workdir, step=STEPS):
+  """The saved train state of `step` (params, optimizer state) as NumPy arrays."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state = ocp.PyTreeCheckpointer().restore(str(workdir / 'checkpoints' / str(step) / 'state'))
+  return jax.tree_util.tree_flatten_with_path(jax.tree.map(np.asarray, state))[0]
+
+
+# --------------------------------------------------------------------------
+
+
+def test_a_job_runs_to_the_end_and_a_preempted_one_resumes_bit_for_bit(tmp_path):
+  """Items 1 and 2: an uninterrupted job, and beside it (the node has 2 CPUs)
+  the same job stopped by `scancel --signal=TERM` mid-run: it logs the step
+  it stopped at, exits 75, requeues itself, resumes at that step and ends
+  with the same parameters and optimizer state, bit for bit.
+
+  So that the signal lands mid-run on a loaded machine, the job's one task
+  stops itself (SIGSTOP) after step 6; the TERM is sent while it is stopped,
+  then a CONT."""
+  ref_out, out = tmp_path / 'ref.out', tmp_path / 'job.out'
+  ref = _sbatch(ref_out, '--ntasks-per-node=1', 'launch/slurm.sbatch', *FLAGS,
+                f'--workdir={tmp_path}/ref')
+  python = _fault_python(tmp_path, 'trained@6:STOP')
+  job = _sbatch(out, '--ntasks-per-node=1', 'launch/slurm.sbatch', *FLAGS,
+                f'--workdir={tmp_path}/run', env=_env(PYTHON=python))
+  _wait_stopped(_pid(tmp_path, 0, 0))
+  subprocess.run(['scancel', '--signal=TERM', job], check=True)
+  subprocess.run(['scancel', '--signal=CONT', job], check=True)
+  _requeued(job, 1)
+  assert _ended(job)['JobState'] == 'COMPLETED', open(out).read()[-3000:]
+  assert _ended(ref)['JobState'] == 'COMPLETED', open(ref_out).read()[-3000:]
+
+  assert (tmp_path / 'ref' / 'final_metrics.json').exists()
+  first, second = _segments(out)
+  [stopped] = re.findall(r'Preempted at step (\d+) of 12; checkpoint saved', first)
+  assert 'stopped (exit 75): requeueing (restart 1 of at most 10)' in first, first[-3000:]
+  assert f'resuming at step {stopped}.' in second, second[-3000:]
+  assert 'Done:' in second and not _errors(first + second)
+  ref_state, state = _state(tmp_path / 'ref'), _state(tmp_path / 'run')
+  assert [k for k, _ in ref_state] == [k for k, _ in state]
+  for (key, a), (_, b) in zip(ref_state, state):
+    assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
+
+
+def test_two_tasks_a_killed_task_stops_the_other_and_the_job_resumes(tmp_path):
+  """Item 3: two tasks (jax.distributed from Slurm's variables); kill -9 of
+  task 1 after step 6: task 0 prints one ERROR line and exits, srun ends the
+  step, the job requeues, resumes from step 4 and finishes."""
+  out = tmp_path / 'job.out'
+  python = _fault_python(tmp_path, 'trained@6:KILL', task=1)
+  job = _sbatch(out, '--ntasks-per-node=2', 'launch/slurm.sbatch', *FLAGS,
+                f'--workdir={tmp_path}/run', env=_env(PYTHON=python))
+  _requeued(job, 1)
+  assert _ended(job)['JobState'] == 'COMPLETED', open(out).read()[-3000:]
+  first, second = _segments(out)
+  assert 'process 0 of 2' in first and 'process 1 of 2' in first, first[-3000:]
+  [line] = _errors(first)
+  assert 'Lost process 1 of 2' in line and 'The last checkpoint is step 4' in line, line
+  assert re.search(r'stopped \(exit (75|137)\): requeueing \(restart 1 of', first), first[-3000:]
+  assert 'resuming at step 4.' in second and 'Done:' in second, second[-3000:]
+  assert not _errors(second)
+  assert (tmp_path / 'run' / 'final_metrics.json').exists()
+
+
+def test_a_hung_host_at_every_start_requeues_then_stops_at_max_restarts(tmp_path):
+  """Items 3 and 4: task 1 of 2 stops (SIGSTOP, a hung host) after step 6, at
+  every start. Task 0 stops within the heartbeat timeout (10 s here,
+  parallel.HEARTBEAT_TIMEOUT_S by default) with one ERROR line and the job
+  requeues; the second start fails the same way and, MAX_RESTARTS=1 reached,
+  the job ends with one line saying so instead of requeueing again."""
+  out = tmp_path / 'job.out'
+  heartbeat = 10
+  python = _fault_python(tmp_path, 'trained@6:STOP', task=1, every_start=True)
+  job = _sbatch(out, '--ntasks-per-node=2', 'launch/slurm.sbatch', *FLAGS,
+                f'--workdir={tmp_path}/run',
+                env=_env(PYTHON=python, MAX_RESTARTS='1',
+                         ALEXNET_HEARTBEAT_TIMEOUT_S=str(heartbeat)))
+  for start in range(2):
+    _wait_stopped(_pid(tmp_path, 1, start))
+    stopped = time.monotonic()
+    if start == 0:
+      _requeued(job, 1)
+    else:
+      record = _ended(job)
+    took = time.monotonic() - stopped
+    assert took < heartbeat + 30, took
+  first, second = _segments(out)
+  for segment in (first, second):
+    [line] = _errors(segment)
+    assert 'process 0' in line and 'The last checkpoint is step 4' in line, line
+  assert re.search(r'stopped \(exit (75|137)\): requeueing \(restart 1 of at most 1\)', first)
+  assert re.search(r'stopped \(exit (75|137)\) after 1 restarts \(MAX_RESTARTS=1\): not '
+                   'requeueing', second), second[-3000:]
+  assert record['JobState'] == 'FAILED' and record['Restarts'] == '1', record
+
+
+def test_a_task_hung_alive_is_ended_by_the_watchdog_and_requeued(tmp_path):
+  """Item 5: task 1 of 2 blocks for good after step 6 while its process and
+  its heartbeats live (fault HANG). The watchdog (45 s here; the first
+  compile of two processes on 2 loaded cores leaves gaps of ~25 s) ends it
+  with its one line, and the job requeues. (The resumed run is item 3's.)"""
+  out = tmp_path / 'job.out'
+  python = _fault_python(tmp_path, 'trained@6:HANG', task=1)
+  job = _sbatch(out, '--ntasks-per-node=2', 'launch/slurm.sbatch', *FLAGS,
+                '--config.watchdog_minutes=0.75', f'--workdir={tmp_path}/run',
+                env=_env(PYTHON=python))
+  try:
+    _wait(job, lambda r: r['Restarts'] == '1', 'requeued')
+  finally:
+    subprocess.run(['scancel', job], check=True)
+  [first] = _segments(out)[:1]
+  watchdog = [line for line in _errors(first) if 'No training step or evaluation batch '
+              'completed for' in line]
+  # One line from each process whose watchdog fires: the hung one, and the
+  # other when its own fires before srun ends it.
+  assert 1 <= len(watchdog) <= 2 and len(_errors(first)) <= 2, first[-3000:]
+  assert 'config.watchdog_minutes=0.75' in watchdog[0]
+  assert re.search(r'stopped \(exit (75|137)\): requeueing \(restart 1 of', first), first[-3000:]
+  assert 'watchdog: no progress; stacks of process' in (tmp_path / 'run' / 'errors.log').read_text()
+
+
+def test_sweep_submits_a_job_array_and_report_tabulates_it(tmp_path):
+  """Item 5 of the issue's checks: `sweep --engine=slurm` submits one job
+  array; each member finishes; `report` writes the table and the curves."""
+  root = tmp_path / 'smoke'
+  sbatch_args = ' '.join([*CPU_JOB, '--ntasks-per-node=1', f'--output={tmp_path}/%A_%a.out'])
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.sweep', '--sweep=configs/sweeps/digits_smoke.py',
+       f'--workdir_root={root}', '--engine=slurm', '--only=baseline,no_lrn',
+       f'--sbatch_args={sbatch_args}', '--', *FLAGS[1:]],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
+  [array] = re.findall(r'Submitted batch job (\d+)', proc.stdout)
+  for task in range(2):
+    record = _ended(f'{array}_{task}')
+    assert record['JobState'] == 'COMPLETED', record
+  runs = sorted(p.name for p in root.iterdir() if (p / 'final_metrics.json').exists())
+  assert runs == ['baseline', 'model.lrn-False']
+  report = subprocess.run([sys.executable, '-m', 'alexnet_jax.report', str(root)], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, check=True)
+  assert '| no_lrn | model.lrn=False |' in report.stdout, report.stdout
+  assert (root / 'report.md').exists() and (root / 'report.csv').exists()
+  assert sorted(p.name for p in (root / 'report_curves').iterdir()) == [
+      'baseline.png', 'no_lrn.png']
