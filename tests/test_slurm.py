@@ -6,9 +6,8 @@ one every test here is skipped with one line naming that script.
 
 Jobs run the tiny digits config on the CPU (`CPU_JOB`: no GPUs, one CPU a
 task). Faults come from tests/fault_main.py through a PYTHON wrapper
-(`_fault_python`) that injects one into one task, on the first start or on
-every start; the scheduler's side (scancel, srun, requeue, MAX_RESTARTS) is
-Slurm's own. A requeued job waits for its begin time (2 minutes, set by
+(`_fault_python`) that injects one into one task, chosen for each start;
+the scheduler's side (scancel, srun, requeue, MAX_RESTARTS) is Slurm's own. A requeued job waits for its begin time (2 minutes, set by
 Slurm on requeue); the tests release it at once (`scontrol update
 StartTime=now`: `scontrol release` does not, the job is not held).
 """
@@ -65,17 +64,22 @@ def _env(**extra):
   return env
 
 
-def _fault_python(tmp_path, fault, task=0, every_start=False):
-  """A PYTHON for slurm.sbatch: task `task` runs tests/fault_main.py
-  --fault=`fault` (on the first start only unless `every_start`), the others
-  main; each writes its pid to tmp_path/pid.TASK.START."""
+def _fault_python(tmp_path, task, faults):
+  """A PYTHON for slurm.sbatch: at start i (SLURM_RESTART_COUNT), task `task`
+  runs tests/fault_main.py with main's flags and then `faults[i]` (its
+  --fault= flag, and flags of its own), the others main; no fault at a start that
+  `faults` lacks. Each task writes its pid to tmp_path/pid.TASK.START."""
   path = tmp_path / 'fault_python'
-  starts = 'true' if every_start else '[[ "${SLURM_RESTART_COUNT:-0}" == 0 ]]'
+  cases = ''.join(f'  {i}) flags=({shlex.join(f)});;\n' for i, f in enumerate(faults))
   path.write_text(f'''#!/bin/bash
 shift 3  # -u -m alexnet_jax.main
-echo $$ > {tmp_path}/pid.${{SLURM_PROCID}}.${{SLURM_RESTART_COUNT:-0}}
-if [[ "${{SLURM_PROCID}}" == {task} ]] && {starts}; then
-  exec {shlex.quote(sys.executable)} -u tests/fault_main.py --fault={fault} "$@"
+start="${{SLURM_RESTART_COUNT:-0}}"
+echo $$ > {tmp_path}/pid.${{SLURM_PROCID}}.${{start}}
+flags=()
+case "${{start}}" in
+{cases}esac
+if [[ "${{SLURM_PROCID}}" == {task} && ${{#flags[@]}} -gt 0 ]]; then
+  exec {shlex.quote(sys.executable)} -u tests/fault_main.py "$@" "${{flags[@]}}"
 fi
 exec {shlex.quote(sys.executable)} -u -m alexnet_jax.main "$@"
 ''')
@@ -118,10 +122,17 @@ def _ended(job, timeout=TIMEOUT_S):
 
 
 def _requeued(job, restarts):
-  """Waits until `job` is queued again after its `restarts`-th requeue, then
-  releases it from the begin time Slurm sets on requeue."""
+  """Waits until `job` is queued again after its `restarts`-th requeue and
+  its last start has ended on the node, then releases it from the begin time
+  Slurm sets on requeue. (Released while its old step still ends, the job is
+  refused a start: 'Job credential revoked', FAILED.)"""
   record = _wait(job, lambda r: r['JobState'] == 'PENDING' and r['Restarts'] == str(restarts),
                  f'requeued ({restarts})')
+  deadline = time.monotonic() + TIMEOUT_S
+  while subprocess.run(['scontrol', 'listpids', job], capture_output=True, text=True,
+                       check=False).returncode == 0:
+    assert time.monotonic() < deadline, f'job {job}: processes left after the requeue'
+    time.sleep(0.5)
   subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now'], check=True)
   return record
 
@@ -176,7 +187,7 @@ def test_a_job_runs_to_the_end_and_a_preempted_one_resumes_bit_for_bit(tmp_path)
   ref_out, out = tmp_path / 'ref.out', tmp_path / 'job.out'
   ref = _sbatch(ref_out, '--ntasks-per-node=1', 'launch/slurm.sbatch', *FLAGS,
                 f'--workdir={tmp_path}/ref')
-  python = _fault_python(tmp_path, 'trained@6:STOP')
+  python = _fault_python(tmp_path, 0, [['--fault=trained@6:STOP']])
   job = _sbatch(out, '--ntasks-per-node=1', 'launch/slurm.sbatch', *FLAGS,
                 f'--workdir={tmp_path}/run', env=_env(PYTHON=python))
   _wait_stopped(_pid(tmp_path, 0, 0))
@@ -198,81 +209,89 @@ def test_a_job_runs_to_the_end_and_a_preempted_one_resumes_bit_for_bit(tmp_path)
     assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
 
 
-def test_two_tasks_a_killed_task_stops_the_other_and_the_job_resumes(tmp_path):
-  """Item 3: two tasks (jax.distributed from Slurm's variables); kill -9 of
-  task 1 after step 6: task 0 prints one ERROR line and exits, srun ends the
-  step, the job requeues, resumes from step 4 and finishes."""
+def test_two_tasks_killed_stopped_hung_each_requeue_and_the_job_finishes(tmp_path):
+  """Items 3 and 5: two tasks (jax.distributed from Slurm's variables); task 1
+  fails after step 6 at each of three starts of one job, then the job ends:
+
+  0. kill -9: task 0 prints one ERROR line and exits; the job requeues.
+  1. SIGSTOP (a hung host): task 0 stops within the heartbeat timeout (10 s
+     here, parallel.HEARTBEAT_TIMEOUT_S by default) with one ERROR line; the
+     job requeues.
+  2. blocked for good while its process and heartbeats live (fault HANG):
+     the watchdog (45 s on this start only: the first compiles of two
+     processes on 2 loaded cores leave gaps of ~25 s) ends it with its one
+     line; the job requeues.
+  3. no fault: it resumes from step 4 (the last checkpoint before step 6)
+     and finishes.
+  """
   out = tmp_path / 'job.out'
-  python = _fault_python(tmp_path, 'trained@6:KILL', task=1)
+  heartbeat = 10
+  python = _fault_python(tmp_path, 1, [
+      ['--fault=trained@6:KILL'], ['--fault=trained@6:STOP'],
+      ['--fault=trained@6:HANG', '--config.watchdog_minutes=0.75']])
   job = _sbatch(out, '--ntasks-per-node=2', 'launch/slurm.sbatch', *FLAGS,
-                f'--workdir={tmp_path}/run', env=_env(PYTHON=python))
+                f'--workdir={tmp_path}/run',
+                env=_env(PYTHON=python, ALEXNET_HEARTBEAT_TIMEOUT_S=str(heartbeat)))
   _requeued(job, 1)
+  _wait_stopped(_pid(tmp_path, 1, 1))
+  stopped = time.monotonic()
+  _requeued(job, 2)
+  took = time.monotonic() - stopped
+  assert took < heartbeat + 30, took
+  _requeued(job, 3)
   assert _ended(job)['JobState'] == 'COMPLETED', open(out).read()[-3000:]
-  first, second = _segments(out)
-  assert 'process 0 of 2' in first and 'process 1 of 2' in first, first[-3000:]
-  [line] = _errors(first)
+
+  killed, stopped, hung, last = _segments(out)
+  assert 'process 0 of 2' in killed and 'process 1 of 2' in killed, killed[-3000:]
+  [line] = _errors(killed)
   assert 'Lost process 1 of 2' in line and 'The last checkpoint is step 4' in line, line
-  assert re.search(r'stopped \(exit (75|137)\): requeueing \(restart 1 of', first), first[-3000:]
-  assert 'resuming at step 4.' in second and 'Done:' in second, second[-3000:]
-  assert not _errors(second)
+  # Task 1, continued by srun to be ended, may find task 0 gone: a line of its own.
+  [line] = [e for e in _errors(stopped) if 'stopped process 0' in e]
+  assert 'stopped sending heartbeats' in line and 'The last checkpoint is step 4' in line, line
+  watchdog = [e for e in _errors(hung) if 'No training step or evaluation batch' in e]
+  # One line from each process whose watchdog fires: the hung one, and the
+  # other when its own fires before srun ends it.
+  assert 1 <= len(watchdog) <= 2 and len(_errors(hung)) <= 2, hung[-3000:]
+  assert 'config.watchdog_minutes=0.75' in watchdog[0]
+  assert 'watchdog: no progress; stacks of process' in (
+      tmp_path / 'run' / 'errors.log').read_text()
+  for i, segment in enumerate((killed, stopped, hung)):
+    assert re.search(rf'stopped \(exit (75|137)\): requeueing \(restart {i + 1} of at most 10\)',
+                     segment), segment[-3000:]
+    assert 'Done:' not in segment
+  for segment in (stopped, hung, last):
+    assert 'resuming at step 4.' in segment, segment[-3000:]
+  assert 'Done:' in last and not _errors(last), last[-3000:]
   assert (tmp_path / 'run' / 'final_metrics.json').exists()
 
 
-def test_a_hung_host_at_every_start_requeues_then_stops_at_max_restarts(tmp_path):
-  """Items 3 and 4: task 1 of 2 stops (SIGSTOP, a hung host) after step 6, at
-  every start. Task 0 stops within the heartbeat timeout (10 s here,
-  parallel.HEARTBEAT_TIMEOUT_S by default) with one ERROR line and the job
-  requeues; the second start fails the same way and, MAX_RESTARTS=1 reached,
-  the job ends with one line saying so instead of requeueing again."""
+def test_a_job_failing_at_every_start_stops_after_max_restarts(tmp_path):
+  """Item 4: its task killed (kill -9) at every start, just after its
+  imports: the job requeues MAX_RESTARTS=2 times, then ends with one line
+  saying so. Beside it, an error (a mistyped key: exit status 2) is not
+  requeued at all."""
   out = tmp_path / 'job.out'
-  heartbeat = 10
-  python = _fault_python(tmp_path, 'trained@6:STOP', task=1, every_start=True)
-  job = _sbatch(out, '--ntasks-per-node=2', 'launch/slurm.sbatch', *FLAGS,
-                f'--workdir={tmp_path}/run',
-                env=_env(PYTHON=python, MAX_RESTARTS='1',
-                         ALEXNET_HEARTBEAT_TIMEOUT_S=str(heartbeat)))
-  for start in range(2):
-    _wait_stopped(_pid(tmp_path, 1, start))
-    stopped = time.monotonic()
-    if start == 0:
-      _requeued(job, 1)
-    else:
-      record = _ended(job)
-    took = time.monotonic() - stopped
-    assert took < heartbeat + 30, took
-  first, second = _segments(out)
-  for segment in (first, second):
-    [line] = _errors(segment)
-    assert 'process 0' in line and 'The last checkpoint is step 4' in line, line
-  assert re.search(r'stopped \(exit (75|137)\): requeueing \(restart 1 of at most 1\)', first)
-  assert re.search(r'stopped \(exit (75|137)\) after 1 restarts \(MAX_RESTARTS=1\): not '
-                   'requeueing', second), second[-3000:]
-  assert record['JobState'] == 'FAILED' and record['Restarts'] == '1', record
-
-
-def test_a_task_hung_alive_is_ended_by_the_watchdog_and_requeued(tmp_path):
-  """Item 5: task 1 of 2 blocks for good after step 6 while its process and
-  its heartbeats live (fault HANG). The watchdog (45 s here; the first
-  compile of two processes on 2 loaded cores leaves gaps of ~25 s) ends it
-  with its one line, and the job requeues. (The resumed run is item 3's.)"""
-  out = tmp_path / 'job.out'
-  python = _fault_python(tmp_path, 'trained@6:HANG', task=1)
-  job = _sbatch(out, '--ntasks-per-node=2', 'launch/slurm.sbatch', *FLAGS,
-                '--config.watchdog_minutes=0.75', f'--workdir={tmp_path}/run',
-                env=_env(PYTHON=python))
-  try:
-    _wait(job, lambda r: r['Restarts'] == '1', 'requeued')
-  finally:
-    subprocess.run(['scancel', job], check=True)
-  [first] = _segments(out)[:1]
-  watchdog = [line for line in _errors(first) if 'No training step or evaluation batch '
-              'completed for' in line]
-  # One line from each process whose watchdog fires: the hung one, and the
-  # other when its own fires before srun ends it.
-  assert 1 <= len(watchdog) <= 2 and len(_errors(first)) <= 2, first[-3000:]
-  assert 'config.watchdog_minutes=0.75' in watchdog[0]
-  assert re.search(r'stopped \(exit (75|137)\): requeueing \(restart 1 of', first), first[-3000:]
-  assert 'watchdog: no progress; stacks of process' in (tmp_path / 'run' / 'errors.log').read_text()
+  python = _fault_python(tmp_path, 0, [['--fault=import:KILL']] * 3)
+  job = _sbatch(out, '--ntasks-per-node=1', 'launch/slurm.sbatch', *FLAGS,
+                f'--workdir={tmp_path}/run', env=_env(PYTHON=python, MAX_RESTARTS='2'))
+  typo = _sbatch(tmp_path / 'typo.out', '--ntasks-per-node=1', 'launch/slurm.sbatch',
+                 *FLAGS, '--config.batch_sizes=8', f'--workdir={tmp_path}/typo')
+  record = _ended(typo)
+  assert (record['JobState'], record['ExitCode'], record['Restarts']) == (
+      'FAILED', '2:0', '0'), record
+  assert 'requeueing' not in (tmp_path / 'typo.out').read_text()
+  _requeued(job, 1)
+  _requeued(job, 2)
+  record = _ended(job)
+  assert record['JobState'] == 'FAILED' and record['Restarts'] == '2', record
+  segments = _segments(out)
+  assert len(segments) == 3, segments
+  for i in range(2):
+    assert f'stopped (exit 137): requeueing (restart {i + 1} of at most 2)' in segments[i]
+  [line] = [line for line in segments[2].splitlines() if 'requeueing' in line]
+  assert re.fullmatch(r'\S+ job \d+ stopped \(exit 137\) after 2 restarts \(MAX_RESTARTS=2\): '
+                      r'not requeueing; see the errors above, then resubmit \(it resumes\)',
+                      line), line
 
 
 def test_sweep_submits_a_job_array_and_report_tabulates_it(tmp_path):
