@@ -1,15 +1,20 @@
 """launch/slurm.sbatch and `sweep --engine=slurm` on a real Slurm (issue 27).
 
-Needs a Slurm cluster with an idle node and at least 2 CPUs: `sudo
+Needs a Slurm cluster with a node that is up and has at least 2 CPUs: `sudo
 launch/local_slurm.sh` starts one on this machine (CI does; .ci/run). Without
 one every test here is skipped with one line naming that script.
 
 Jobs run the tiny digits config on the CPU (`CPU_JOB`: no GPUs, one CPU a
 task). Faults come from tests/fault_main.py through a PYTHON wrapper
 (`_fault_python`) that injects one into one task, chosen for each start;
-the scheduler's side (scancel, srun, requeue, MAX_RESTARTS) is Slurm's own. A requeued job waits for its begin time (2 minutes, set by
-Slurm on requeue); the tests release it at once (`scontrol update
-StartTime=now`: `scontrol release` does not, the job is not held).
+the scheduler's side (scancel, srun, requeue, MAX_RESTARTS) is Slurm's own.
+A requeued job waits for its begin time (2 minutes, set by Slurm on
+requeue); the tests release it as soon as its last start has ended (`scontrol
+update StartTime=now`; `scontrol release` does not: the job is not held).
+
+The jobs cost start-ups (imports, compiles from the session's cache): one
+job carries the three task faults, one start each, and the preempted job
+runs beside its uninterrupted reference.
 """
 
 import os
@@ -39,7 +44,7 @@ def _slurm_up() -> bool:
 
 
 if not _slurm_up():
-  pytest.skip(f'no Slurm with an idle node of >= 2 CPUs: start one with `sudo {SCRIPT}`',
+  pytest.skip(f'no Slurm with a node of >= 2 CPUs up: start one with `sudo {SCRIPT}`',
               allow_module_level=True)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow,
