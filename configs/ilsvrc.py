@@ -217,17 +217,18 @@ def get_config(arg=None):
   # launch scripts restart it; alexnet_jax/preemption.py). Otherwise a stopped
   # or hung process (a read, a collective) holds the whole allocation. Progress
   # is a step or an evaluation batch, so a long evaluation that moves never
-  # trips it. The longest healthy gaps come once per (re)start or evaluation
-  # (estimates for ILSVRC, not measured yet): the restore of the ~0.5 GB state
-  # (seconds to a minute from a bucket), filling the 16,384-image shuffle
-  # buffer (~30 s decoding on one core) and the first compile of the train
-  # step (1-2 min on GPU/TPU), all before the first step; the first compile of
-  # each evaluation step; the wait for the device to finish the dispatched
-  # batches of a 10-crop evaluation of 50,000 images (~3-4 min on a GPU 10x
-  # slower than the host's decoding). 20 min is ~5x the longest (~4 min),
-  # for slow file systems and loaded hosts, and bounds what a hang costs.
+  # trips it. The longest healthy gaps come once per (re)start or evaluation.
+  # Measured (2026-12-07, docs/faults.md "The watchdog's margin": this recipe
+  # on 2 CPU cores at load ~13, batch 8, 57M parameters): fresh start to the
+  # first step 50 s (init, first compile, first step), restore of the ~0.45 GB
+  # state 7 s and to the first step 28 s, a checkpoint save plus the first
+  # compile of the evaluation step 16 s. Scaled to the recipe (batch 128, the
+  # 16,384-image shuffle buffer): ~110 s, adding 3 s for a first step of 128
+  # (benchmarks/README.md) and 55 s to fill the buffer at ~300 decoded images
+  # per CPU-second. 10 min is ~5x that, ~2.5x with a GPU's first compile (1-2
+  # min) and a restore from a bucket (~1 min; neither measured here) added.
   # 0 turns the watchdog off.
-  config.watchdog_minutes = 20.0
+  config.watchdog_minutes = 10.0
 
   # ----------------------------------------------------------- fine-tuning
   # Start a new run from another run's parameters: a workdir (its latest

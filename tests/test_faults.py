@@ -243,7 +243,7 @@ def test_watchdog_dumps_every_stack_and_exits_75_after_no_progress(tmp_path):
 
 
 def test_watchdog_minutes_is_checked_and_applied_on_resume():
-  assert cfg().watchdog_minutes == 20.0   # every shipped config: configs/ilsvrc.py
+  assert cfg().watchdog_minutes == 10.0   # every shipped config: configs/ilsvrc.py
   assert config_checks.validate(cfg(watchdog_minutes=-1.0)) == [
       'config.watchdog_minutes=-1.0: must be a number in [0, inf).']
   assert resume_policy.rule('watchdog_minutes') == 'apply'

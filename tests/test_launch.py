@@ -1,7 +1,13 @@
 """Sweeps and launch scripts: overrides reach main's config, dry runs match
 launch/README.md, the engines and scripts pass arguments through intact.
 
-No sbatch, srun or gcloud here: fake executables on PATH record their argv.
+Fake executables on PATH record their argv where no real one can be run
+here: gcloud (Cloud TPU VMs), and sbatch or srun where a single-node Slurm
+cannot show the behaviour (a job over several nodes or on a GPU partition;
+the script's own handling of odd quoting and a missing array line). What a
+real Slurm shows (a job runs, is preempted, requeued, resumed; a lost, hung
+or stuck task; MAX_RESTARTS; a sweep's job array) is tested against one in
+tests/test_slurm.py.
 """
 
 import glob
@@ -243,6 +249,8 @@ def fake_bin(tmp_path):
 
 @pytest.mark.slow
 def test_slurm_engine_submits_what_dry_run_prints(tmp_path, fake_bin):
+  """Fake sbatch: two nodes on a GPU partition (tests/test_slurm.py submits a
+  real array on one CPU node)."""
   bin_dir, log = fake_bin
   _stub(bin_dir, 'sbatch', '''\
       log({'sbatch': argv})
@@ -278,6 +286,7 @@ def test_slurm_engine_submits_what_dry_run_prints(tmp_path, fake_bin):
 
 @pytest.mark.parametrize('task', [0, 2])
 def test_sbatch_array_task_runs_its_line(tmp_path, fake_bin, task):
+  """Fake srun: the script's own parsing of lines with odd quoting."""
   bin_dir, log = fake_bin
   _stub(bin_dir, 'srun', "log({'srun': argv})\n")
   runs = [('--config=configs/digits.py', '--workdir=/r/baseline'),
@@ -297,6 +306,8 @@ def test_sbatch_array_task_runs_its_line(tmp_path, fake_bin, task):
 
 
 def test_sbatch_single_job_and_missing_line(tmp_path, fake_bin):
+  """Fake srun: the default command (its #SBATCH lines ask for 8 GPUs, which
+  the CPU node of tests/test_slurm.py does not have) and a missing line."""
   bin_dir, log = fake_bin
   _stub(bin_dir, 'srun', "log({'srun': argv})\n")
   env = _env(STUB_LOG=log, PATH=bin_dir + os.pathsep + os.environ['PATH'])
@@ -312,33 +323,6 @@ def test_sbatch_single_job_and_missing_line(tmp_path, fake_bin):
                        cwd=ROOT, env={**env, 'SLURM_ARRAY_TASK_ID': '1'},
                        capture_output=True, text=True)
   assert bad.returncode == 1 and 'no line for array task 1' in bad.stderr
-
-
-@pytest.mark.parametrize('status,restarts,want_rc,requeued', [
-    (75, None, 0, True),    # preempted, a lost or stuck process: main exited 75
-    (137, '3', 0, True),    # a task killed (kill -9, OOM killer); srun ended the rest
-    (75, '10', 75, False),  # MAX_RESTARTS (10) reached: a crash loop ends here
-    (1, None, 1, False),    # an error: no requeue
-    (0, None, 0, False)])
-def test_sbatch_requeues_a_stopped_run_a_bounded_number_of_times(
-    tmp_path, fake_bin, status, restarts, want_rc, requeued):
-  """main exits 75 (preemption.PREEMPTED_EXIT_CODE) when the rerun resumes:
-  requeue, at most MAX_RESTARTS times (Slurm's SLURM_RESTART_COUNT)."""
-  bin_dir, log = fake_bin
-  _stub(bin_dir, 'scontrol', "log({'scontrol': argv})\n")
-  _stub(bin_dir, 'srun', f"sys.exit({status})\n")
-  env = _env(STUB_LOG=log, PATH=bin_dir + os.pathsep + os.environ['PATH'],
-             SLURM_JOB_ID='7')
-  for key in ('SLURM_ARRAY_TASK_ID', 'SLURM_RESTART_COUNT', 'MAX_RESTARTS'):
-    env.pop(key, None)
-  if restarts is not None:
-    env['SLURM_RESTART_COUNT'] = restarts
-  proc = subprocess.run(['bash', 'launch/slurm.sbatch', '--workdir=/ckpt/run1'],
-                        cwd=ROOT, env=env, capture_output=True, text=True)
-  assert proc.returncode == want_rc, proc.stderr
-  assert _records(log) == ([{'scontrol': ['requeue', '7']}] if requeued else [])
-  if status == 75 and not requeued:
-    assert 'after 10 restarts (MAX_RESTARTS=10): not requeueing' in proc.stderr
 
 
 def test_local_engine_runs_one_after_another_and_skips_done(tmp_path, fake_bin):
