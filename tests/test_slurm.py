@@ -1,8 +1,9 @@
 """launch/slurm.sbatch and `sweep --engine=slurm` on a real Slurm (issue 27).
 
 Needs a Slurm cluster with a node that is up and has at least 2 CPUs: `sudo
-launch/local_slurm.sh` starts one on this machine (CI does; .ci/run). Without
-one every test here is skipped with one line naming that script.
+launch/local_slurm.sh` starts one on this machine. Without one every test
+here is skipped with one line naming that script; in CI (CI=true) .ci/run has
+started one, and its absence fails the run instead.
 
 Jobs run the tiny digits config on the CPU (`CPU_JOB`: no GPUs, one CPU a
 task). Faults come from tests/fault_main.py through a PYTHON wrapper
@@ -43,6 +44,10 @@ def _slurm_up() -> bool:
              for line in out.stdout.splitlines() if len(line.split()) == 2)
 
 
+if not _slurm_up() and os.environ.get('CI') == 'true':
+  # .ci/run starts the cluster (as root, launch/local_slurm.sh): there these run, never skip.
+  pytest.fail(f'CI=true and no Slurm with a node of >= 2 CPUs up: .ci/run starts one with '
+              f'{SCRIPT}; see its log above', pytrace=False)
 if not _slurm_up():
   pytest.skip(f'no Slurm with a node of >= 2 CPUs up: start one with `sudo {SCRIPT}`',
               allow_module_level=True)
