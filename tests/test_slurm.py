@@ -38,8 +38,11 @@ SCRIPT = 'launch/local_slurm.sh'
 def _slurm_up() -> bool:
   if not shutil.which('sinfo'):
     return False
-  out = subprocess.run(['sinfo', '--noheader', '--format=%t %c'], capture_output=True,
-                       text=True, check=False)
+  try:  # sinfo waits for a controller that is down: not for long
+    out = subprocess.run(['sinfo', '--noheader', '--format=%t %c'], capture_output=True,
+                         text=True, check=False, timeout=10)
+  except subprocess.TimeoutExpired:
+    return False
   return any(line.split()[0] in ('idle', 'mix', 'alloc') and int(line.split()[1]) >= 2
              for line in out.stdout.splitlines() if len(line.split()) == 2)
 
