@@ -47,11 +47,12 @@ def _slurm_up() -> bool:
              for line in out.stdout.splitlines() if len(line.split()) == 2)
 
 
-if not _slurm_up() and os.environ.get('CI') == 'true':
+SLURM_UP = _slurm_up()
+if not SLURM_UP and os.environ.get('CI') == 'true':
   # .ci/run starts the cluster (as root, launch/local_slurm.sh): there these run, never skip.
   pytest.fail(f'CI=true and no Slurm with a node of >= 2 CPUs up: .ci/run starts one with '
               f'{SCRIPT}; see its log above', pytrace=False)
-if not _slurm_up():
+if not SLURM_UP:
   pytest.skip(f'no Slurm with a node of >= 2 CPUs up: start one with `sudo {SCRIPT}`',
               allow_module_level=True)
 
