@@ -89,12 +89,13 @@ def test_prepare_statistics_equal_a_float64_numpy_computation(prepared):
 
 
 def test_a_resumed_prepare_writes_the_same_statistics(folder, prepared, tmp_path):
-  """A run stopped after shard 0 (shard 1 and the end never written): the
-  rerun adds shard 0's stored sums to those it computes."""
+  """A run stopped with shard 1 unwritten and shard 2's sums missing (a shard
+  is complete with its sums): the rerun adds shard 0's stored sums to those
+  it computes."""
   out = tmp_path / 'out'
   prepare.prepare(_folder_config(folder), str(out), PNG, out=lambda _: None)
   for f in ('train-00001-of-00003.tfrecord', 'train-00001-of-00003.tfrecord.stats.npz',
-            'train-00002-of-00003.tfrecord.json', stats_lib.PREPARED, 'manifest.json'):
+            'train-00002-of-00003.tfrecord.stats.npz', stats_lib.PREPARED, 'manifest.json'):
     (out / f).unlink()
   lines = []
   prepare.prepare(_folder_config(folder), str(out), PNG, out=lines.append)
