@@ -5,15 +5,20 @@ subtracting the mean activity over the training set from each pixel";
 section 4.1: "we perform PCA on the set of RGB pixel values throughout the
 ImageNet training set".
 
-Command (a sample of the training split, in the pipeline's training order):
+By default a run uses its whole training split's (`for_dataset`): those
+`python -m alexnet_jax.prepare` computed while writing the shards
+(DIR/stats.npz, from each shard's `Accumulator` sums); for a folder, computed
+by the first run and cached beside it (`cached`); for digits, computed in
+memory. Only tfds read on the fly falls back to the published ImageNet
+constants of config.input.published_* (a warning says so). The run logs
+where its statistics came from. config.input.stats_path overrides all; this
+command writes such a file from a sample (in the pipeline's training order):
 
   python -m alexnet_jax.stats --config=configs/ilsvrc.py \
       --config.dataset.data_dir=$TFDS_DATA_DIR --num_images=50000 \
       --output=$TFDS_DATA_DIR/alexnet_stats_256.npz
 
-then train with --config.input.stats_path=<that file>. Without a stats file
-the published ImageNet constants in config.input.published_* are used (and
-logged as such); the digits dataset computes its statistics in memory.
+(docs/data.md measures how far a 10,000-image sample is from the whole set.)
 
 The mean image is of the R x R images (R = config.input.resize_size: shorter
 side rescaled to R, central crop) on the 0-255 scale.
@@ -25,7 +30,7 @@ included), sorted in decreasing order; ``eigvec`` their eigenvectors as
 columns. The device adds 255 * P (alpha * eigval) to 0-255 pixels
 (alexnet_jax.augment). The published constants (fb.resnet.torch: 0.2175,
 0.0188, 0.0045) are on this scale: the 258 ImageNet JPEGs of the project's
-sample give 0.1992, 0.0165, 0.0037 (trace 0.219) measured this way. The
+sample give 0.2040, 0.0167, 0.0038 at 256 x 256 (benchmarks/stats_sample.py). The
 smaller "trace 0.153" one gets from torchvision's per-channel std (0.229,
 0.224, 0.225) is of per-image standard deviations, averaged, which leave out
 the variation between images' mean colours (the same sample: 0.229, 0.226,
@@ -188,7 +193,9 @@ def _write(path: str, arrays: dict) -> None:
   buf = io.BytesIO()  # np.savez's layout; gfile (e.g. GCS) files do not seek
   with zipfile.ZipFile(buf, 'w') as z:  # fixed dates: equal arrays, equal bytes
     for name, value in arrays.items():
-      with z.open(zipfile.ZipInfo(f'{name}.npy', (1980, 1, 1, 0, 0, 0)), 'w') as f:
+      info = zipfile.ZipInfo(f'{name}.npy', (1980, 1, 1, 0, 0, 0))
+      info.compress_type = zipfile.ZIP_DEFLATED  # integer sums: ~3x smaller
+      with z.open(info, 'w') as f:
         np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
   with tf.io.gfile.GFile(path + '.incomplete', 'wb') as f:
     f.write(buf.getvalue())
