@@ -282,9 +282,12 @@ def _manifest(the_plan: dict, settings: Settings, done: dict) -> dict:
   return manifest
 
 
-def _write_stats(the_plan: dict, output_dir: str) -> stats_lib.Stats:
-  """The training split's mean image and RGB PCA (sections 2, 4.1): its
-  shards' sums added in shard order, written to DIR/stats.npz."""
+def _finish(the_plan: dict, settings: Settings, done: dict, output_dir: str,
+            out: Callable[[str], None]) -> dict:
+  """Writes DIR/stats.npz, the training split's mean image and RGB PCA
+  (sections 2, 4.1: its shards' sums added in shard order), then the
+  manifest (last); returns the manifest."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   name = the_plan['train_split']
   n = the_plan['splits'][name]['num_shards']
   sums = stats_lib.Accumulator()
@@ -292,7 +295,12 @@ def _write_stats(the_plan: dict, output_dir: str) -> stats_lib.Stats:
     sums.merge(stats_lib.load_sums(os.path.join(output_dir, shard_name(name, i, n) + SUMS)))
   stats = sums.result(stats_lib.prepared_source(sums.count, name))
   stats_lib.save(stats, os.path.join(output_dir, stats_lib.PREPARED))
-  return stats
+  out(f'Input statistics: {stats.source}: channel mean {stats.channel_mean.round(2)}, '
+      f'PCA eigenvalues {stats.eigval.round(5)} (DIR/{stats_lib.PREPARED}).')
+  manifest = _manifest(the_plan, settings, done)
+  _atomic_write(os.path.join(output_dir, data_sources.MANIFEST),
+                json.dumps(manifest, indent=1, sort_keys=True))
+  return manifest
 
 
 def prepare(config, output_dir: str, settings: Settings = Settings(),
@@ -300,7 +308,6 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
             out: Callable[[str], None] = print) -> dict:
   """Writes (or finishes) the prepared dataset in output_dir; returns the manifest."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   if not output_dir:
     raise PrepareError('--output_dir is empty: name the directory to write.')
   if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
@@ -366,10 +373,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
         pool.terminate()
         pool.join()
 
-  manifest = _manifest(the_plan, settings, done)
-  stats = _write_stats(the_plan, output_dir)
-  _atomic_write(os.path.join(output_dir, data_sources.MANIFEST),
-                json.dumps(manifest, indent=1, sort_keys=True))
+  manifest = _finish(the_plan, settings, done, output_dir, out)
   for f in tf.io.gfile.listdir(output_dir):  # leftovers of killed runs
     if f.endswith(_INCOMPLETE):
       tf.io.gfile.remove(os.path.join(output_dir, f))
