@@ -345,7 +345,7 @@ def for_dataset(s: Settings, dataset: 'data_sources.Dataset',
     s.stats_path   that file (an explicit override);
     digits         computed from `images` (() -> batches, e.g.
                    input_pipeline.stats_images of the run's Input) in memory;
-    prepared       those prepare computed (DIR/stats.npz);
+    prepared       those prepare computed (DIR/stats.npz; else as a folder's);
     folder         computed from `images` once, then reused (`cached`);
     tfds           the published ImageNet constants (a warning says so).
   """
