@@ -134,16 +134,17 @@ def load_run(workdir: str, checkpoint: str = 'latest') -> Run:
   params, _, step = ckpt_lib.load_params(workdir, checkpoint)
   model = models.create_model(config.model)
   names = load_class_names(workdir, config, config.model.num_classes)
-  return Run(str(workdir), config, model, params, names, step, run_stats(config))
+  return Run(str(workdir), config, model, params, names, step, run_stats(config, workdir))
 
 
-def run_stats(config) -> augment.DeviceStats:
-  """The input statistics the run's evaluation used (stats.for_run); reads the
-  dataset only where they were computed from it (digits)."""
+def run_stats(config, workdir: Optional[str] = None) -> augment.DeviceStats:
+  """The input statistics the run's evaluation used (stats.for_run): a folder
+  source's as cached beside it or in `workdir`; reads the dataset only where
+  none are stored (digits, a first run)."""
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   return stats_lib.for_run(
       stats_lib.Settings.of(**config.input), input_pipeline.Dataset(**config.dataset),
-      lambda: input_pipeline.stats_images(input_pipeline.resolve(config)))
+      lambda: input_pipeline.stats_images(input_pipeline.resolve(config)), workdir)
 
 
 def list_images(paths: Sequence[str]) -> list:

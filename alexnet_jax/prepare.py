@@ -51,10 +51,12 @@ from absl import logging
 
 from alexnet_jax import cli
 from alexnet_jax import progress
+from alexnet_jax import stats as stats_lib
 
 FORMAT = 'alexnet_jax.prepared/1'
 PLAN = 'prepare.json'
 _INCOMPLETE = '.incomplete'
+SUMS = '.stats.npz'  # beside each shard: its images' statistics sums (alexnet_jax.stats)
 
 
 class PrepareError(ValueError):
@@ -146,7 +148,7 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
       data = tf.io.encode_png(pixels)
     else:
       data = tf.io.encode_jpeg(pixels, quality=settings.jpeg_quality, optimize_size=True)
-    return seq, data, tf.cast(ex['label'], tf.int64), ex['name']
+    return seq, data, tf.cast(ex['label'], tf.int64), ex['name'], pixels
 
   ds = keys.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
@@ -156,9 +158,11 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
 
   final = os.path.join(output_dir, shard_name(split_name, index, count))
   written, image_bytes, seen = 0, 0, set()
+  sums = stats_lib.Accumulator()  # sections 2, 4.1: of the very pixels stored
   with tf.io.TFRecordWriter(final + _INCOMPLETE) as writer:
-    for seq, data, label, name in ds.as_numpy_iterator():
+    for seq, data, label, name, pixels in ds.as_numpy_iterator():
       seen.add(int(seq))
+      sums.add(pixels)
       # deterministic: the feature map in sorted key order, so that two runs
       # write the same bytes (protobuf's map order otherwise varies by process).
       writer.write(tf.train.Example(features=tf.train.Features(feature={
@@ -174,6 +178,7 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
       if int(seq) not in seen:
         corrupt.append(split.name(key).numpy().decode())
   tf.io.gfile.rename(final + _INCOMPLETE, final, overwrite=True)
+  stats_lib.save_sums(sums, final + SUMS)
   record = {'file': os.path.basename(final), 'num_examples': written,
             'image_bytes': image_bytes, 'corrupt': corrupt}
   _atomic_write(final + '.json', json.dumps(record))  # the shard is complete
@@ -277,12 +282,32 @@ def _manifest(the_plan: dict, settings: Settings, done: dict) -> dict:
   return manifest
 
 
+def _finish(the_plan: dict, settings: Settings, done: dict, output_dir: str,
+            out: Callable[[str], None]) -> dict:
+  """Writes DIR/stats.npz, the training split's mean image and RGB PCA
+  (sections 2, 4.1: its shards' sums added in shard order), then the
+  manifest (last); returns the manifest."""
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
+  name = the_plan['train_split']
+  n = the_plan['splits'][name]['num_shards']
+  sums = stats_lib.Accumulator()
+  for i in range(n):
+    sums.merge(stats_lib.load_sums(os.path.join(output_dir, shard_name(name, i, n) + SUMS)))
+  stats = sums.result(stats_lib.prepared_source(sums.count, name))
+  stats_lib.save(stats, os.path.join(output_dir, stats_lib.PREPARED))
+  out(f'Input statistics: {stats.source}: channel mean {stats.channel_mean.round(2)}, '
+      f'PCA eigenvalues {stats.eigval.round(5)} (DIR/{stats_lib.PREPARED}).')
+  manifest = _manifest(the_plan, settings, done)
+  _atomic_write(os.path.join(output_dir, data_sources.MANIFEST),
+                json.dumps(manifest, indent=1, sort_keys=True))
+  return manifest
+
+
 def prepare(config, output_dir: str, settings: Settings = Settings(),
             splits: Optional[Sequence[str]] = None, workers: int = 1,
             out: Callable[[str], None] = print) -> dict:
   """Writes (or finishes) the prepared dataset in output_dir; returns the manifest."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   if not output_dir:
     raise PrepareError('--output_dir is empty: name the directory to write.')
   if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
@@ -311,7 +336,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
   for name, s in the_plan['splits'].items():
     for i in range(s['num_shards']):
       path = os.path.join(output_dir, shard_name(name, i, s['num_shards']))
-      if tf.io.gfile.exists(path) and tf.io.gfile.exists(path + '.json'):
+      if all(tf.io.gfile.exists(path + x) for x in ('', SUMS, '.json')):
         done[(name, i)] = _read_json(path + '.json')  # complete: skipped
       else:
         tasks.append((config, name, i, s['num_shards'], settings, output_dir))
@@ -348,9 +373,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
         pool.terminate()
         pool.join()
 
-  manifest = _manifest(the_plan, settings, done)
-  _atomic_write(os.path.join(output_dir, data_sources.MANIFEST),
-                json.dumps(manifest, indent=1, sort_keys=True))
+  manifest = _finish(the_plan, settings, done, output_dir, out)
   for f in tf.io.gfile.listdir(output_dir):  # leftovers of killed runs
     if f.endswith(_INCOMPLETE):
       tf.io.gfile.remove(os.path.join(output_dir, f))

@@ -5,15 +5,20 @@ subtracting the mean activity over the training set from each pixel";
 section 4.1: "we perform PCA on the set of RGB pixel values throughout the
 ImageNet training set".
 
-Command (a sample of the training split, in the pipeline's training order):
+By default a run uses its whole training split's (`for_dataset`): those
+`python -m alexnet_jax.prepare` computed while writing the shards
+(DIR/stats.npz, from each shard's `Accumulator` sums); for a folder, computed
+by the first run and cached beside it (`cached`); for digits, computed in
+memory. Only tfds read on the fly falls back to the published ImageNet
+constants of config.input.published_* (a warning says so). The run logs
+where its statistics came from. config.input.stats_path overrides all; this
+command writes such a file from a sample (in the pipeline's training order):
 
   python -m alexnet_jax.stats --config=configs/ilsvrc.py \
       --config.dataset.data_dir=$TFDS_DATA_DIR --num_images=50000 \
       --output=$TFDS_DATA_DIR/alexnet_stats_256.npz
 
-then train with --config.input.stats_path=<that file>. Without a stats file
-the published ImageNet constants in config.input.published_* are used (and
-logged as such); the digits dataset computes its statistics in memory.
+(docs/data.md measures how far a 10,000-image sample is from the whole set.)
 
 The mean image is of the R x R images (R = config.input.resize_size: shorter
 side rescaled to R, central crop) on the 0-255 scale.
@@ -25,7 +30,7 @@ included), sorted in decreasing order; ``eigvec`` their eigenvectors as
 columns. The device adds 255 * P (alpha * eigval) to 0-255 pixels
 (alexnet_jax.augment). The published constants (fb.resnet.torch: 0.2175,
 0.0188, 0.0045) are on this scale: the 258 ImageNet JPEGs of the project's
-sample give 0.1992, 0.0165, 0.0037 (trace 0.219) measured this way. The
+sample give 0.2040, 0.0167, 0.0038 at 256 x 256 (benchmarks/stats_sample.py). The
 smaller "trace 0.153" one gets from torchvision's per-channel std (0.229,
 0.224, 0.225) is of per-image standard deviations, averaged, which leave out
 the variation between images' mean colours (the same sample: 0.229, 0.226,
@@ -34,17 +39,19 @@ the variation between images' mean colours (the same sample: 0.229, 0.226,
 
 import dataclasses
 import io
+import os
+import zipfile
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Tuple
 
 from absl import flags
 from absl import logging
 import numpy as np
 
-from alexnet_jax import augment
 from alexnet_jax import cli
 from alexnet_jax import progress
 
-if TYPE_CHECKING:  # imported when needed: it imports TensorFlow
+if TYPE_CHECKING:  # imported when needed: TensorFlow, JAX (prepare's workers need neither)
+  from alexnet_jax import augment  # pylint: disable=g-bad-import-order
   from alexnet_jax import data_sources  # pylint: disable=g-bad-import-order
 
 MEAN_MODES = ('image', 'channel', 'none')  # config.input.mean
@@ -64,31 +71,89 @@ class Stats:
     return self.mean_image.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (3,)
 
 
+class Accumulator:
+  """Sums of section 2's mean image and section 4.1's RGB covariance, in float64.
+
+  Of raw 0-255 values: the image sum, the number of images, and the sum of
+  x x^T over the pixels' RGB vectors x (their sum is the image sum's). For
+  uint8 images every sum is an integer below 2^53 (ImageNet at 256: < 6e15),
+  so exact and independent of the order in which images and partial sums are
+  added (prepare adds its shards' sums).
+  """
+
+  def __init__(self):
+    self.count = 0
+    self.image_sum = None                       # (R, R, 3)
+    self.outer_sum = np.zeros((3, 3))
+
+  def add(self, images: np.ndarray) -> None:
+    """Adds (n, R, R, 3) or one (R, R, 3) image(s), uint8 or float 0-255."""
+    x = np.asarray(images)
+    x = x[None] if x.ndim == 3 else x
+    if self.image_sum is None:
+      self.image_sum = np.zeros(x.shape[1:])
+    if x.shape[0] == 1:
+      np.add(self.image_sum, x[0], out=self.image_sum)
+    else:
+      self.image_sum += x.sum(0, dtype=np.float64)
+    planes = np.ascontiguousarray(x.reshape(-1, 3).T, dtype=np.float64)  # (3, pixels)
+    for i in range(3):  # six dot products, by einsum, not BLAS: OpenBLAS's threads
+      for j in range(i, 3):  # fought tf.data's (prepare ran ~10x slower with `@`)
+        self.outer_sum[i, j] += np.einsum('p,p->', planes[i], planes[j])
+        self.outer_sum[j, i] = self.outer_sum[i, j]
+    self.count += x.shape[0]
+
+  @property
+  def pixels(self) -> int:
+    return self.count * int(np.prod(self.image_sum.shape[:2])) if self.count else 0
+
+  @property
+  def rgb_sum(self) -> np.ndarray:
+    """The sum of the RGB vectors x: the image sum's, over its pixels."""
+    return self.image_sum.reshape(-1, 3).sum(0) if self.count else np.zeros(3)
+
+  def merge(self, other: 'Accumulator') -> 'Accumulator':
+    """Adds another accumulator's sums (e.g. a shard's) to this one's."""
+    if other.count:
+      if self.image_sum is None:
+        self.image_sum = np.zeros_like(other.image_sum)
+      self.image_sum += other.image_sum
+      self.outer_sum += other.outer_sum
+      self.count += other.count
+    return self
+
+  def arrays(self) -> dict:
+    """The sums as arrays (for np.savez); `from_arrays` reads them back."""
+    return {'count': self.count, 'outer_sum': self.outer_sum,
+            'image_sum': np.zeros(0) if self.image_sum is None else self.image_sum}
+
+  @classmethod
+  def from_arrays(cls, d) -> 'Accumulator':
+    acc = cls()
+    acc.count, acc.outer_sum = int(d['count']), np.array(d['outer_sum'])
+    acc.image_sum = np.array(d['image_sum']) if acc.count else None
+    return acc
+
+  def result(self, source: str = 'computed') -> Stats:
+    """The mean image and the PCA of [0, 1] RGB pixel values (module docstring)."""
+    if not self.count:
+      raise ValueError('No images to compute statistics from.')
+    mean_rgb = self.rgb_sum / self.pixels / 255.0
+    cov = self.outer_sum / self.pixels / 255.0**2 - np.outer(mean_rgb, mean_rgb)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return Stats(mean_image=(self.image_sum / self.count).astype(np.float32),
+                 eigval=eigval[order].astype(np.float32),
+                 eigvec=eigvec[:, order].astype(np.float32),
+                 num_images=self.count, source=source)
+
+
 def compute(images: Iterable[np.ndarray], source: str = 'computed') -> Stats:
-  """Mean image and RGB PCA from batches of (n, R, R, 3) float 0-255 images."""
-  count, pixels = 0, 0
-  image_sum = rgb_sum = outer_sum = None
+  """Mean image and RGB PCA from batches of (n, R, R, 3) 0-255 images."""
+  acc = Accumulator()
   for batch in images:
-    batch = np.asarray(batch, np.float64)
-    if image_sum is None:
-      image_sum = np.zeros(batch.shape[1:])
-      rgb_sum, outer_sum = np.zeros(3), np.zeros((3, 3))
-    image_sum += batch.sum(0)
-    rgb = batch.reshape(-1, 3) / 255.0  # [0, 1] pixels
-    rgb_sum += rgb.sum(0)
-    outer_sum += rgb.T @ rgb
-    count += batch.shape[0]
-    pixels += rgb.shape[0]
-  if not count:
-    raise ValueError('No images to compute statistics from.')
-  mean_rgb = rgb_sum / pixels
-  cov = outer_sum / pixels - np.outer(mean_rgb, mean_rgb)
-  eigval, eigvec = np.linalg.eigh(cov)
-  order = np.argsort(eigval)[::-1]
-  return Stats(mean_image=(image_sum / count).astype(np.float32),
-               eigval=eigval[order].astype(np.float32),
-               eigvec=eigvec[:, order].astype(np.float32),
-               num_images=count, source=source)
+    acc.add(batch)
+  return acc.result(source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +162,8 @@ class Settings:
   mean: str                   # MEAN_MODES: subtract the mean image (section 2), per channel, none
   pca_lighting: float         # section 4.1's std of alpha; 0: no PCA needed
   resize_size: int            # R: the mean image is R x R
-  stats_path: Optional[str]   # this module's output; None: published constants
+  antialias: bool             # how the R x R images were resampled
+  stats_path: Optional[str]   # a stats file (this module's output): overrides the others
   central_crop: bool          # the mean image is of central R x R crops ...
   random_resized_crop: bool   # ... which these crops are not
   published_mean_rgb: Tuple[float, float, float]
@@ -120,22 +186,61 @@ def published(s: Settings) -> Stats:
                num_images=0, source='published ImageNet constants')
 
 
-def save(stats: Stats, path: str) -> None:
+def _write(path: str, arrays: dict) -> None:
+  """np.savez `arrays` to `path` (local or e.g. GCS), under a temporary name
+  renamed when complete: no half-written file under the final name."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  buf = io.BytesIO()  # np.savez seeks; gfile (e.g. GCS) files do not
-  np.savez(buf, mean_image=stats.mean_image, eigval=stats.eigval,
-           eigvec=stats.eigvec, num_images=stats.num_images, source=stats.source)
-  with tf.io.gfile.GFile(path, 'wb') as f:
+  buf = io.BytesIO()  # np.savez's layout; gfile (e.g. GCS) files do not seek
+  with zipfile.ZipFile(buf, 'w') as z:  # fixed dates: equal arrays, equal bytes
+    for name, value in arrays.items():
+      info = zipfile.ZipInfo(f'{name}.npy', (1980, 1, 1, 0, 0, 0))
+      info.compress_type = zipfile.ZIP_DEFLATED  # integer sums: ~3x smaller
+      with z.open(info, 'w') as f:
+        np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+  with tf.io.gfile.GFile(path + '.incomplete', 'wb') as f:
     f.write(buf.getvalue())
+  tf.io.gfile.rename(path + '.incomplete', path, overwrite=True)
+
+
+def _read(path: str) -> dict:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    with np.load(io.BytesIO(f.read())) as d:
+      return dict(d)
+
+
+def save(stats: Stats, path: str, **extra) -> None:
+  """Writes `stats` (and `extra` arrays, e.g. a cache's key) as a .npz."""
+  _write(path, dict(mean_image=stats.mean_image, eigval=stats.eigval,
+                    eigvec=stats.eigvec, num_images=stats.num_images,
+                    source=stats.source, **extra))
+
+
+def _stats_of(d: dict, source: str) -> Stats:
+  return Stats(mean_image=d['mean_image'], eigval=d['eigval'], eigvec=d['eigvec'],
+               num_images=int(d['num_images']), source=source)
 
 
 def load(path: str) -> Stats:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    d = np.load(io.BytesIO(f.read()))
-    return Stats(mean_image=d['mean_image'], eigval=d['eigval'],
-                 eigvec=d['eigvec'], num_images=int(d['num_images']),
-                 source=f'{d["source"]} ({path})')
+  d = _read(path)
+  return _stats_of(d, f'{d["source"]} ({path})')
+
+
+def save_sums(acc: Accumulator, path: str) -> None:
+  _write(path, acc.arrays())
+
+
+def load_sums(path: str) -> Accumulator:
+  return Accumulator.from_arrays(_read(path))
+
+
+def _checked(stats: Stats, s: Settings, path: str) -> Stats:
+  r = s.resize_size
+  if stats.mean_image.shape != (r, r, 3):
+    raise ValueError(
+        f'{path} holds a {stats.mean_image.shape} mean image '
+        f'but config.input.resize_size={r}; recompute it with alexnet_jax.stats.')
+  return stats
 
 
 def for_settings(s: Settings, images: Optional[Callable[[], Iterable[np.ndarray]]] = None,
@@ -147,18 +252,13 @@ def for_settings(s: Settings, images: Optional[Callable[[], Iterable[np.ndarray]
   (digits) whose statistics are computed exactly; the caller passes it, so
   this module does not depend on the pipeline. source: their Stats.source.
   """
-  r = s.resize_size
   if s.stats_path:
-    stats = load(s.stats_path)
-    if stats.mean_image.shape != (r, r, 3):
-      raise ValueError(
-          f'{s.stats_path} holds a {stats.mean_image.shape} mean image '
-          f'but config.input.resize_size={r}; recompute it with alexnet_jax.stats.')
-    return stats
+    return _checked(load(s.stats_path), s, s.stats_path)
   if images is not None:
     return compute(images(), source=source)
-  logging.warning('config.input.stats_path is not set: using the published ImageNet '
-                  'mean and PCA constants (run `python -m alexnet_jax.stats`).')
+  logging.warning('Using the published ImageNet mean and PCA constants, not statistics '
+                  'of the training set (sections 2, 4.1): prepare the data (python -m '
+                  'alexnet_jax.prepare computes them) or set config.input.stats_path.')
   return published(s)
 
 
@@ -179,32 +279,111 @@ def check(s: Settings) -> None:
                      'R x R crops); use mean="channel" with those.')
 
 
-def for_dataset(s: Settings, dataset: 'data_sources.Dataset',
-                images: Callable[[], Iterable[np.ndarray]]) -> Stats:
-  """The statistics a run on `dataset` uses (`for_settings`): computed from
-  `images` (() -> batches, e.g. input_pipeline.stats_images of the run's Input)
-  only for the digits source, held in memory; else s.stats_path or published."""
-  if dataset.source != 'digits':
-    return for_settings(s)
+PREPARED = 'stats.npz'  # beside a prepared dataset's manifest.json (alexnet_jax.prepare)
+
+
+def prepared_source(num_images: int, split: str) -> str:
+  """Stats.source of the statistics prepare computes."""
+  return f'computed over {num_images:,} training images (split {split}) by prepare'
+
+
+def cache_name(split: str, s: Settings) -> str:
+  """The file a folder (or older prepared) source's statistics are cached in."""
+  return (f'alexnet_jax_stats-{split}-{s.resize_size}'
+          f'{"-antialias" if s.antialias else ""}.npz')
+
+
+def cached(s: Settings, dataset: 'data_sources.Dataset',
+           images: Callable[[], Iterable[np.ndarray]],
+           cache_dir: Optional[str] = None) -> Stats:
+  """Statistics of all the training images, computed once and cached.
+
+  In the data's directory (config.dataset.folder or prepared_dir), else in
+  `cache_dir` (the run's workdir) when that is read-only. A cache is reused
+  while the source, split, its number of images, R and antialias are those
+  it was computed for (its `key`); delete it to recompute.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  return for_settings(s, images, computed_source(data_sources.describe(dataset),
-                                                 dataset.train_split))
+  source = data_sources.for_dataset(dataset, s.resize_size, s.antialias)
+  split = source.train_split
+  size = source.split(split).size
+  what = f'{data_sources.describe(dataset)}, split {split}'
+  key = f'{what}, {size} images, {s.resize_size}x{s.resize_size}, antialias={s.antialias}'
+  root = dataset.folder if data_sources.source_name(dataset) == 'folder' else dataset.prepared_dir
+  paths = [os.path.join(d, cache_name(split, s)) for d in (root, cache_dir) if d]
+  for path in paths:
+    if tf.io.gfile.exists(path):
+      d = _read(path)
+      if str(d.get('key')) == key:
+        return _stats_of(d, f'{d["source"]}; reused from {path}')
+      logging.warning('%s holds statistics of %s, not of %s: computing them again.',
+                      path, d.get('key'), key)
+  logging.info('Computing the mean image and RGB PCA over all %d training images '
+               'of %s (once; cached beside the data).', size, what)
+  meter = progress.Meter('stats', size, 'images')
+  stats = compute(meter.iterate(images()))
+  stats = dataclasses.replace(
+      stats, source=f'computed over {stats.num_images:,} training images of {what}')
+  for path in paths:
+    try:
+      tf.io.gfile.makedirs(os.path.dirname(path))  # the workdir may not exist yet
+      save(stats, path, key=key)
+    except (OSError, tf.errors.OpError) as e:  # e.g. a read-only data directory
+      logging.warning('Could not cache the statistics in %s (%s).', path, e)
+      continue
+    return dataclasses.replace(stats, source=f'{stats.source}; saved to {path}')
+  return stats
+
+
+def for_dataset(s: Settings, dataset: 'data_sources.Dataset',
+                images: Callable[[], Iterable[np.ndarray]],
+                cache_dir: Optional[str] = None) -> Stats:
+  """The statistics a run on `dataset` uses (sections 2, 4.1), those of its
+  whole training split:
+
+    s.stats_path   that file (an explicit override);
+    digits         computed from `images` (() -> batches, e.g.
+                   input_pipeline.stats_images of the run's Input) in memory;
+    prepared       those prepare computed (DIR/stats.npz; else as a folder's);
+    folder         computed from `images` once, then reused (`cached`);
+    tfds           the published ImageNet constants (a warning says so).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  name = data_sources.source_name(dataset)
+  if s.stats_path or name == 'tfds':
+    return for_settings(s)
+  if name == 'digits':
+    return for_settings(s, images, computed_source(data_sources.describe(dataset),
+                                                   dataset.train_split))
+  if name == 'prepared':
+    path = os.path.join(dataset.prepared_dir, PREPARED)
+    if tf.io.gfile.exists(path):
+      return _checked(load(path), s, path)
+    logging.warning('%s has no %s (prepared before prepare computed statistics): '
+                    'computing them from its training images.', dataset.prepared_dir,
+                    PREPARED)
+  return cached(s, dataset, images, cache_dir)
 
 
 def for_run(s: Settings, dataset: 'data_sources.Dataset',
-            images: Callable[[], Iterable[np.ndarray]]) -> augment.DeviceStats:
+            images: Callable[[], Iterable[np.ndarray]],
+            cache_dir: Optional[str] = None) -> 'augment.DeviceStats':
   """The run's statistics for the device (`for_device` of `for_dataset`);
-  `images` are read only where computed ones are asked for."""
-  return for_device(s, lambda: for_dataset(s, dataset, images))
+  `images` are read only where computed ones are asked for. cache_dir: where
+  a folder source's statistics are cached if its directory is read-only."""
+  return for_device(s, lambda: for_dataset(s, dataset, images, cache_dir))
 
 
 def for_device(s: Settings, stats: Optional[Callable[[], Stats]] = None
-               ) -> augment.DeviceStats:
+               ) -> 'augment.DeviceStats':
   """What the device's augmentation needs (alexnet_jax.augment.DeviceStats), resolved once per run.
 
   Loads or computes statistics (stats(), default `for_settings(s)`) only if
   `s` uses them (a mean or PCA lighting), and logs where they came from once.
   """
+  from alexnet_jax import augment  # pylint: disable=g-import-not-at-top,redefined-outer-name
   check(s)
   if s.mean == 'none' and s.pca_lighting <= 0:
     return augment.make_stats()

@@ -120,11 +120,13 @@ def _device_stats(stats: augment.DeviceStats, mesh: Mesh) -> tuple[augment.Devic
   return stats, sharding
 
 
-def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
+def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input,
+          workdir: str | None = None) -> Run:
   """Builds the run's objects once: mesh, statistics, model, optimizer, steps.
 
   `data` is `input_pipeline.resolve(config)`; the config must be valid
-  (config_checks.validate).
+  (config_checks.validate). workdir: where statistics are cached when the
+  data's directory is read-only (stats.cached).
   """
   # ------------------------------------------------------------------ mesh
   mesh = parallel.make_mesh(config.mesh)
@@ -139,7 +141,7 @@ def setup(config: ml_collections.ConfigDict, data: input_pipeline.Input) -> Run:
   # which finish the preprocessing on the device.
   stats, stats_sharding = _device_stats(stats_lib.for_run(
       stats_lib.Settings.of(**config.input), data.dataset,
-      lambda: input_pipeline.stats_images(data)), mesh)
+      lambda: input_pipeline.stats_images(data), workdir), mesh)
   pixel_scale = augment.pixel_scale_of(config.input.pixel_scale)  # float or (R, G, B)
 
   # ----------------------------------------------------------------- model
@@ -537,7 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir = epath.Path(workdir)  # A local path or a bucket (gs://...).
   if '://' not in str(workdir):
     workdir = workdir.absolute()
-  run = setup(config, data)
+  run = setup(config, data, str(workdir))
   is_main = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   with supervisor_lib.Supervisor(

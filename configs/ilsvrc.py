@@ -122,13 +122,13 @@ def get_config(arg=None):
   # Network input = (pixel - mean) * pixel_scale, pixels in 0..255. The paper
   # (and Caffe) feed raw mean-subtracted 0..255 values: scale 1.
   config.input.pixel_scale = 1.0
-  config.input.stats_path = ml_collections.config_dict.placeholder(str)  # from `python -m alexnet_jax.stats`; None = published ImageNet constants
-  # Published ImageNet statistics, NOT from the paper: the fallback without a
-  # stats_path. Per-channel RGB mean of 0..255 pixels (Caffe/VGG), and the PCA
+  config.input.stats_path = ml_collections.config_dict.placeholder(str)  # overrides; None = the training split's (alexnet_jax/stats.py: for_dataset)
+  # Published ImageNet statistics, NOT from the paper: the fallback of tfds read
+  # on the fly only. Per-channel RGB mean of 0..255 pixels (Caffe/VGG), and the PCA
   # (fb.resnet.torch): eigenvalues (variances) of the covariance of RGB pixels
   # scaled to [0, 1], pooled over all pixels of all images -- the convention
   # `python -m alexnet_jax.stats` computes (the project's 258 ImageNet sample
-  # JPEGs give 0.1992, 0.0165, 0.0037) -- and eigenvectors as columns. PCA
+  # JPEGs give 0.2040, 0.0167, 0.0038 at 256) -- and eigenvectors as columns. PCA
   # noise on 0..255 pixels is 255 * P (alpha * lambda) (alexnet_jax/augment.py).
   config.input.published_mean_rgb = (123.68, 116.78, 103.94)
   config.input.published_pca_eigval = (0.2175, 0.0188, 0.0045)

@@ -234,11 +234,12 @@ def test_stats_of_a_folder_name_the_folder_not_imagenet2012(tmp_path):
 # ----------------------------- item 11: the README's command for your own images
 
 
-def test_prepared_data_without_stats_path_uses_the_published_constants(tmp_path):
-  """README: input.stats_path is still needed with prepared data."""
+def test_only_tfds_on_the_fly_uses_the_published_constants(tmp_path):
+  """Issue 26: prepared and folder sources use their training set's statistics
+  (tests/test_stats.py); tfds read on the fly, the published ones, by name."""
   from alexnet_jax import data_sources  # pylint: disable=g-import-not-at-top
   from alexnet_jax import stats  # pylint: disable=g-import-not-at-top
-  config = tiny_config(**{'dataset.source': 'prepared', 'dataset.prepared_dir': str(tmp_path)})
+  config = tiny_config(**{'dataset.source': 'tfds', 'dataset.data_dir': str(tmp_path)})
   used = stats.for_dataset(stats.Settings.of(**config.input),
                            data_sources.Dataset(**config.dataset),
                            images=lambda: pytest.fail('computed from the images'))

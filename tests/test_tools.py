@@ -212,6 +212,7 @@ def test_ensemble_refuses_members_of_different_datasets(runs, tmp_path):
   shutil.copytree(runs / 'seed1', other)
   config = json.loads((other / 'config.json').read_text())
   config['dataset']['source'] = 'folder'
+  config['input']['mean'] = 'none'  # no folder to compute its statistics from
   (other / 'config.json').write_text(json.dumps(config))
   with pytest.raises(ValueError, match='one dataset'):
     ensemble.evaluate([str(runs / 'seed0'), str(other)])
