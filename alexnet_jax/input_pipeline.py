@@ -66,6 +66,7 @@ import tensorflow as tf
 
 from alexnet_jax import data_sources
 from alexnet_jax import preprocessing as pp
+from alexnet_jax import raw_store
 # Re-exported: callers see one input module.
 from alexnet_jax.data_sources import (  # noqa: F401  pylint: disable=unused-import
     Dataset, DatasetInfo, DatasetNotFoundError, prepare_tfds)
@@ -278,6 +279,10 @@ def train_iterator(data: Input, *, batch_size: int, start_step: int = 0,
                    process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Training batches from `start_step` on (see the module docstring)."""
   split, recipe, seed = data.train, data.recipe, data.seed
+  if isinstance(split, data_sources.RawSplit) and not recipe.random_resized_crop:
+    yield from _raw_train_iterator(data, batch_size=batch_size, start_step=start_step,
+                                   process_index=process_index, process_count=process_count)
+    return
   spe = steps_per_epoch(split.size, batch_size * process_count)
   first_epoch, first_skip = divmod(start_step, spe)
   shard = process_index if split.per_process_positions else 0
@@ -326,6 +331,81 @@ def train_iterator(data: Input, *, batch_size: int, start_step: int = 0,
     for v in values.values():
       v[bad] = v[source_rows]
     yield values
+
+
+# The raw store (prepare --format=raw): no decode, a gather in a thread
+# --------------------------------------------------------------------------
+
+RAW_PREFETCH = 3  # batches the raw reader's thread makes ahead
+
+
+def raw_draws(seed: tf.Tensor, recipe: pp.Recipe) -> dict:
+  """The random decisions ``pp.train_example`` makes for an R x R image, without it.
+
+  The same stateless draws from the same seed (section 4.1's patch offset,
+  reflection, PCA-lighting alpha), so raw and prepared JPEG/PNG data give the
+  same batches (tests/test_raw.py); 'start': where the patch lies in the
+  stored R x R image.
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  s, r = recipe.crop_size, recipe.resize_size
+  flip = (tf.random.stateless_uniform([], seeds[1]) < 0.5 if recipe.flip
+          else tf.constant(False))
+  alpha = (tf.random.stateless_normal([3], seeds[2], stddev=recipe.pca_std)
+           if recipe.pca_std > 0 else tf.zeros([3]))
+  geo = pp.base_geometry(tf.constant([r, r], tf.int32), r, recipe.central_crop)
+  if recipe.random_crop:
+    offset = tf.random.stateless_uniform(
+        [2], seeds[0], minval=0, maxval=tf.int32.max, dtype=tf.int32) % (geo.size - s + 1)
+  else:
+    offset = tf.constant((geo.size - s) // 2, tf.int32)
+  return {'offset': offset, 'start': geo.offset + offset, 'flip': flip, 'alpha': alpha}
+
+
+def _raw_train_iterator(data: Input, *, batch_size: int, start_step: int,
+                        process_index: int, process_count: int) -> Iterator[dict]:
+  """train_iterator on a raw store: the same batches, read at random.
+
+  Pass e's order is ``RawSplit.order`` (a permutation of this process's share
+  from (seed, e, process)), so a resume at step k slices it at once. The
+  draws (offset, flip, alpha) are computed in a small tf.data pipeline from
+  the same seeds as train_iterator's; a background thread
+  (``raw_store.Gatherer``) copies each patch out of the memory-mapped shards
+  into the batch, RAW_PREFETCH batches ahead.
+  """
+  split, recipe, seed, b = data.train, data.recipe, data.seed, batch_size
+  spe = steps_per_epoch(split.size, b * process_count)
+  first_epoch, first_skip = divmod(start_step, spe)
+
+  def epoch(e):
+    positions = tf.data.Dataset.range(spe * b).skip(tf.where(
+        e == first_epoch, tf.constant(first_skip * b, tf.int64), tf.constant(0, tf.int64)))
+    epoch_rng = data_sources.fold(tf.constant([seed, data_sources.AUGMENT], tf.int64),
+                                  e, process_index)
+    return positions.map(lambda position: (epoch_rng, position))
+
+  draw = tf.autograph.experimental.do_not_convert(
+      lambda epoch_rng, position: raw_draws(data_sources.fold(epoch_rng, position), recipe))
+  draws = tf.data.Dataset.range(first_epoch, _INF_EPOCHS).flat_map(epoch)
+  draws = draws.map(draw, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  draws = draws.batch(b).prefetch(_AUTOTUNE).with_options(_options(data.threads))
+
+  def items():  # in the thread: (this step's indices, its draws)
+    order = (None, None)
+    for step, d in enumerate(draws.as_numpy_iterator(), start_step):
+      e, k = divmod(step, spe)
+      if order[0] != e:
+        order = (e, split.order(e, process_index, process_count, seed))
+      yield order[1][k * b:(k + 1) * b], d
+
+  def make(item):
+    index, d = item
+    image = np.empty((b, recipe.crop_size, recipe.crop_size, 3), np.uint8)
+    split.store.crop_into(image, index, d['start'])
+    return {'image': image, 'offset': d['offset'], 'flip': d['flip'],
+            'alpha': d['alpha'], 'label': split.labels[index]}
+
+  yield from raw_store.Gatherer(items(), make, RAW_PREFETCH)
 
 
 # --------------------------------------------------------------------------
