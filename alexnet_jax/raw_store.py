@@ -135,7 +135,9 @@ class Shard:
           'same prepare command to rewrite it.')
 
   def open(self) -> np.ndarray:
-    return np.memmap(self.path, np.uint8, 'r', offset=self.header, shape=self.shape)
+    # a plain ndarray view of the map: indexing it skips np.memmap's per-slice overhead
+    return np.asarray(np.memmap(self.path, np.uint8, "r", offset=self.header,
+                                shape=self.shape))
 
 
 class Store:
@@ -167,12 +169,12 @@ class Store:
     if not todo:
       return
     with self._lock:
-      todo = [s for s in todo if self._maps[s] is None]
+      todo = [s for s in todo if self._maps[s] is None]  # another thread's since
       if self._verify and len(todo) > 1:
         from concurrent import futures  # pylint: disable=g-import-not-at-top
         with futures.ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
           list(pool.map(lambda s: self.shards[s].verify(), todo))
-      elif self._verify:
+      elif self._verify and todo:
         self.shards[todo[0]].verify()
       for s in todo:
         self._maps[s] = self.shards[s].open()
@@ -190,6 +192,16 @@ class Store:
     maps = self._maps
     for i, (j, k, (y, x)) in enumerate(zip(shard.tolist(), row.tolist(), start.tolist())):
       out[i] = maps[j][k, y:y + s, x:x + s]
+
+
+def empty_aligned(shape: Tuple[int, ...], align: int = 64) -> np.ndarray:
+  """An uninitialised uint8 array whose data starts on an `align`-byte boundary:
+  jax.device_put on the CPU then uses it in place (XLA's alignment) instead of
+  copying it (~50 us per 227 patch here, as much as the crop itself)."""
+  n = int(np.prod(shape))
+  buf = np.empty(n + align, np.uint8)
+  start = -buf.ctypes.data % align
+  return buf[start:start + n].reshape(shape)
 
 
 def read_sidecars(paths: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
