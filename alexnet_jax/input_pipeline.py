@@ -40,6 +40,10 @@ dropped). Pass e's order depends on (config.seed, e) only:
       is positions [s*G, (s+1)*G) of it, process p takes [s*G + p*b, s*G + (p+1)*b).
   tfds: process p reads its ``tfds.even_splits`` share, shard files in a seeded
       order, interleaved deterministically, through a seeded shuffle buffer.
+  raw (prepare --format=raw): process p reads only its even share of the
+      stored order, in a stateless permutation of (seed, e, p); no decode:
+      ``_raw_train_iterator`` copies the patches out of memory maps in a
+      background thread, with the same draws as every other source.
 Each image's crop, flip and PCA draws come from a stateless seed folded from
 (config.seed, e, position in the pass). train_iterator(start_step=k) starts at
 pass k // spe and skips (k % spe) * b examples *before* decoding (for tfds the
@@ -358,9 +362,9 @@ def raw_draws(seed: tf.Tensor, recipe: pp.Recipe) -> dict:
   """The random decisions ``pp.train_example`` makes for an R x R image, without it.
 
   The same stateless draws from the same seed (section 4.1's patch offset,
-  reflection, PCA-lighting alpha), so raw and prepared JPEG/PNG data give the
-  same batches (tests/test_raw.py); 'start': where the patch lies in the
-  stored R x R image.
+  reflection, PCA-lighting alpha), so an image at the same position of the
+  same pass gets the same patch from raw as from prepared JPEG/PNG data
+  (tests/test_raw.py); 'start': where the patch lies in the stored R x R image.
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
   s, r = recipe.crop_size, recipe.resize_size
