@@ -12,7 +12,9 @@ deterministic pass order over them and `load(key)` -> encoded image + label:
             last 360 images are the eval split.
   'prepared' config.dataset.prepared_dir written by ``python -m alexnet_jax.prepare``
             from any of the above: the paper's 256x256 images (section 2), once,
-            as sharded TFRecords; read like a tfds split.
+            as sharded TFRecords of JPEG/PNG (read like a tfds split) or, with
+            --format=raw, as uint8 .npy shards read at random (``RawSplit``);
+            the manifest says which.
   'auto'    (the default) 'prepared' if config.dataset.prepared_dir is set,
             else 'folder' if config.dataset.folder is set, else 'tfds'.
 
@@ -296,6 +298,67 @@ class PreparedSplit(RecordSplit):
 
   def name(self, key):
     return tf.io.parse_single_example(key[1], {'name': PREPARED_FEATURES['name']})['name']
+
+
+class RawSplit(Split):
+  """A split written by ``alexnet_jax.prepare --format=raw``: uint8 .npy shards
+  (``alexnet_jax.raw_store``), read at random.
+
+  Process p of P reads only its even share [start, end) of the split (stored
+  order); pass e's order is a stateless permutation of that share from
+  (seed, e, p), so a resume at any step starts right there. Keys are global
+  indices. ``input_pipeline`` reads training batches through ``store``
+  directly (a background gather); ``load`` serves every other path (evaluation,
+  statistics, other crops) one image at a time.
+  """
+
+  per_process_positions = True
+
+  def __init__(self, store, labels: np.ndarray, names: np.ndarray):
+    self.store = store
+    self.size = store.size
+    self.labels = labels
+    self.names = names
+    self._labels = tf.constant(labels, tf.int32)
+    self._names = tf.constant(names.astype(str))
+    r = store.resize_size
+    self._image_shape = [r, r, 3]
+
+  def _permutation(self, epoch, process_index, process_count, seed) -> tf.Tensor:
+    start, end = even_share(self.size, process_index, process_count)
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(start, end, dtype=tf.int64),
+        fold(tf.constant([seed, ORDER], tf.int64), epoch, process_index))
+
+  def order(self, epoch: int, process_index: int, process_count: int,
+            seed: int) -> np.ndarray:
+    """Pass `epoch`'s global indices of this process's share, in training order."""
+    return self._permutation(epoch, process_index, process_count, seed).numpy()
+
+  def _ready(self, process_index, process_count) -> None:
+    """Verifies the share's shards (once) before anything reads them."""
+    start, end = even_share(self.size, process_index, process_count)
+    self.store.ready(self.store.locate(np.arange(start, end))[0])
+
+  def epoch(self, epoch, steps, batch, process_index, process_count, seed):
+    self._ready(process_index, process_count)
+    perm = self._permutation(epoch, process_index, process_count, seed)
+    return tf.data.Dataset.from_tensor_slices(perm[:steps * batch]).enumerate()
+
+  def share(self, process_index, process_count):
+    self._ready(process_index, process_count)
+    start, end = even_share(self.size, process_index, process_count)
+    return (tf.data.Dataset.range(start, end),
+            [b - a for a, b in (even_share(self.size, i, process_count)
+                                for i in range(process_count))])
+
+  def load(self, key):
+    image = tf.numpy_function(self.store.image, [key], tf.uint8, stateful=False)
+    image.set_shape(self._image_shape)
+    return {'image': image, 'label': tf.gather(self._labels, key), 'name': self.name(key)}
+
+  def name(self, key):
+    return tf.gather(self._names, key)
 
 
 @dataclasses.dataclass
@@ -626,6 +689,8 @@ def _prepared_source(root: str, train_split: str, eval_split: str,
     if missing:
       raise DatasetNotFoundError(f'{len(missing)} shard(s) listed in {path} are '
                                  f'missing, e.g. {missing[0]}. {fix}')
+    if manifest.get('encoding') == 'raw':
+      return _raw_split(root, manifest, splits[name]['shards'])
     return PreparedSplit(files, shuffle_buffer, cache)
 
   def pick(name, role):  # the config's split name, else the one prepared as that role
@@ -634,6 +699,15 @@ def _prepared_source(root: str, train_split: str, eval_split: str,
   return Source(manifest['num_classes'], functools.lru_cache(maxsize=None)(split),
                 pick(train_split, 'train_split'), pick(eval_split, 'eval_split'),
                 tuple(manifest['class_names']))
+
+
+def _raw_split(root: str, manifest: dict, shards: Sequence[dict]) -> RawSplit:
+  """A raw split (``prepare --format=raw``); sizes and headers checked here."""
+  from alexnet_jax import raw_store  # pylint: disable=g-import-not-at-top
+  paths = [os.path.join(root, s['file']) for s in shards]
+  store = raw_store.Store([(p, s['num_examples'], s['bytes'], s['crc32'])
+                           for p, s in zip(paths, shards)], manifest['resize_size'])
+  return RawSplit(store, *raw_store.read_sidecars(paths))
 
 
 def read_manifest(root: str) -> dict:

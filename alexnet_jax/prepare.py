@@ -1,17 +1,22 @@
-r"""Writes the paper's 256x256 images once, as sharded TFRecords (section 2).
+r"""Writes the paper's 256x256 images once, as JPEG TFRecords or raw pixels (section 2).
 
 "ImageNet consists of variable-resolution images ... we down-sampled the
 images to a fixed resolution of 256 x 256": the shorter side to
 config.input.resize_size, the central crop, with the very resampling the
 on-the-fly pipeline uses (``preprocessing.base_image``, config.input.antialias),
-rounded to uint8 and stored as JPEG (--jpeg_quality) or PNG (--lossless).
-Training then reads them with --config.dataset.prepared_dir=DIR and only
+rounded to uint8 and stored as JPEG (--jpeg_quality) or PNG (--lossless) in
+TFRecords, or (--format=raw) as the uint8 pixels themselves, as cuda-convnet
+did: R x R x 3 records in .npy shards (``alexnet_jax.raw_store``; 196,608
+bytes per image, no decode while training). Training then reads them with
+--config.dataset.prepared_dir=DIR (the manifest says which format) and only
 crops, flips and adds PCA lighting; decoding a 256x256 JPEG is several times
-cheaper than decoding and resampling a full ImageNet image.
+cheaper than decoding and resampling a full ImageNet image, and a raw crop is
+a memory copy (docs/data.md: which to choose).
 
   python -m alexnet_jax.prepare --config=configs/ilsvrc.py \
       --config.dataset.data_dir=$TFDS_DATA_DIR --output_dir=$PREPARED \
-      [--jpeg_quality=90 | --lossless] [--workers=N] [--splits=train,validation]
+      [--jpeg_quality=90 | --lossless | --format=raw] [--workers=N] \
+      [--splits=train,validation]
 
 reads any source data_sources reads (tfds, folder, digits). And, without
 apache_beam (which ``tfds build imagenet2012`` needs), tfds imagenet2012 from
@@ -23,6 +28,8 @@ the two ILSVRC2012 tars:
 Output (readable by every host: process p of P reads its even share):
   DIR/<split>-<i>-of-<n>.tfrecord       tf.train.Example {image, label, name}
   DIR/<split>-<i>-of-<n>.tfrecord.json  that shard's count, bytes, corrupt files
+  (--format=raw: DIR/<split>-<i>-of-<n>.npy, uint8 (count, R, R, 3), and its
+   .npy.json with the labels, names, size and CRC-32 as well)
   DIR/prepare.json                      the plan (settings, source, split sizes)
   DIR/manifest.json                     written last: shards, counts, class
                                         names, encoding, corrupt files
@@ -63,18 +70,32 @@ class PrepareError(ValueError):
   """A bad argument or output directory; the message names the fix."""
 
 
+FORMATS = ('jpeg', 'raw')
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   resize_size: int = 256
   antialias: bool = False
-  encoding: str = 'jpeg'              # 'jpeg' | 'png' (lossless)
-  jpeg_quality: Optional[int] = 90    # None for png
+  encoding: str = 'jpeg'              # 'jpeg' | 'png' (lossless) | 'raw' (format raw)
+  jpeg_quality: Optional[int] = 90    # None for png and raw
   shard_size: int = 1024              # at most this many examples per shard (even shards)
+  # 'jpeg': TFRecords of encoded images (JPEG, or PNG with --lossless); 'raw':
+  # uint8 .npy shards (alexnet_jax.raw_store), no decode while training.
+  format: str = 'jpeg'
+
+  @classmethod
+  def raw(cls, **kw) -> 'Settings':
+    return cls(encoding='raw', jpeg_quality=None, format='raw', **kw)
 
   def validate(self) -> None:
     problems = []
-    if self.encoding not in ('jpeg', 'png'):
-      problems.append(f'encoding {self.encoding!r}: expected jpeg or png')
+    if self.format not in FORMATS:
+      problems.append(f'--format={self.format}: expected {" or ".join(FORMATS)}')
+    elif (self.format == 'raw') != (self.encoding == 'raw'):
+      problems.append(f'encoding {self.encoding!r} with --format={self.format}')
+    if self.encoding not in ('jpeg', 'png', 'raw'):
+      problems.append(f'encoding {self.encoding!r}: expected jpeg, png or raw')
     if self.encoding == 'jpeg' and not (
         isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100):
       problems.append(f'--jpeg_quality={self.jpeg_quality}: expected 1..100')
@@ -86,8 +107,10 @@ class Settings:
       raise PrepareError('; '.join(problems) + '.')
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-  return f'{split}-{index:05d}-of-{count:05d}.tfrecord'
+def shard_name(split: str, index: int, count: int, fmt: str = 'jpeg') -> str:
+  from alexnet_jax import raw_store  # pylint: disable=g-import-not-at-top
+  return f'{split}-{index:05d}-of-{count:05d}' + (raw_store.SUFFIX if fmt == 'raw'
+                                                  else '.tfrecord')
 
 
 def _atomic_write(path: str, data: str) -> None:
@@ -144,7 +167,9 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
     ex = split.load(key)
     image, _ = pp.base_image(ex['image'], r, True, settings.antialias)  # (R, R, 3) float32
     pixels = pp.to_uint8(image)
-    if settings.encoding == 'png':
+    if settings.encoding == 'raw':
+      data = pixels
+    elif settings.encoding == 'png':
       data = tf.io.encode_png(pixels)
     else:
       data = tf.io.encode_jpeg(pixels, quality=settings.jpeg_quality, optimize_size=True)
@@ -156,22 +181,18 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
   options.deterministic = True
   ds = ds.with_options(options)
 
-  final = os.path.join(output_dir, shard_name(split_name, index, count))
+  final = os.path.join(output_dir, shard_name(split_name, index, count, settings.format))
   written, image_bytes, seen = 0, 0, set()
   sums = stats_lib.Accumulator()  # sections 2, 4.1: of the very pixels stored
-  with tf.io.TFRecordWriter(final + _INCOMPLETE) as writer:
+  writer = (_RawShardWriter if settings.format == 'raw' else _RecordWriter)(
+      final + _INCOMPLETE, sizes[index], r)
+  with writer:
     for seq, data, label, name, pixels in ds.as_numpy_iterator():
       seen.add(int(seq))
       sums.add(pixels)
-      # deterministic: the feature map in sorted key order, so that two runs
-      # write the same bytes (protobuf's map order otherwise varies by process).
-      writer.write(tf.train.Example(features=tf.train.Features(feature={
-          'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
-          'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-          'name': tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
-      })).SerializeToString(deterministic=True))
+      writer.write(data, label, name)
       written += 1
-      image_bytes += len(data)
+      image_bytes += data.nbytes if settings.format == 'raw' else len(data)
   corrupt = []
   if written < sizes[index]:  # look up the names of those that did not decode
     for seq, key in keys:
@@ -180,9 +201,54 @@ def write_shard(config, split_name: str, index: int, count: int, settings: Setti
   tf.io.gfile.rename(final + _INCOMPLETE, final, overwrite=True)
   stats_lib.save_sums(sums, final + SUMS)
   record = {'file': os.path.basename(final), 'num_examples': written,
-            'image_bytes': image_bytes, 'corrupt': corrupt}
+            'image_bytes': image_bytes, 'corrupt': corrupt, **writer.record}
   _atomic_write(final + '.json', json.dumps(record))  # the shard is complete
   return {**record, 'split': split_name, 'index': index}
+
+
+class _RecordWriter:
+  """A TFRecord shard of tf.train.Example {image, label, name} (format jpeg)."""
+
+  record = {}
+
+  def __init__(self, path: str, planned: int, resize_size: int):
+    del planned, resize_size
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._tf, self._writer = tf, tf.io.TFRecordWriter(path)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._writer.close()
+
+  def write(self, data: bytes, label: int, name: bytes) -> None:
+    tf = self._tf
+    # deterministic: the feature map in sorted key order, so that two runs
+    # write the same bytes (protobuf's map order otherwise varies by process).
+    self._writer.write(tf.train.Example(features=tf.train.Features(feature={
+        'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+        'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        'name': tf.train.Feature(bytes_list=tf.train.BytesList(value=[name])),
+    })).SerializeToString(deterministic=True))
+
+
+class _RawShardWriter:
+  """A raw .npy shard (format raw); its record adds bytes, crc32, labels, names."""
+
+  def __init__(self, path: str, planned: int, resize_size: int):
+    from alexnet_jax import raw_store  # pylint: disable=g-import-not-at-top
+    self._writer = raw_store.Writer(path, planned, resize_size)
+    self.record = {}
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.record = self._writer.close()
+
+  def write(self, pixels, label: int, name: bytes) -> None:
+    self._writer.write(pixels, label, name)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -244,7 +310,9 @@ def plan(config, splits: Sequence[str], settings: Settings) -> dict:
   return {
       'format': FORMAT,
       'source': describe_source(config),
-      'settings': dataclasses.asdict(settings),
+      # format jpeg is left out: plans written before --format existed still match
+      'settings': {k: v for k, v in dataclasses.asdict(settings).items()
+                   if (k, v) != ('format', 'jpeg')},
       'splits': {n: {'num_examples': s, 'num_shards': max(1, -(-s // settings.shard_size))}
                  for n, s in sizes.items()},
       'train_split': source.train_split if source.train_split in sizes else splits[0],
@@ -271,7 +339,8 @@ def _manifest(the_plan: dict, settings: Settings, done: dict) -> dict:
     shards = [done[(name, i)] for i in range(s['num_shards'])]
     manifest['splits'][name] = {
         'num_examples': sum(r['num_examples'] for r in shards),
-        'shards': [{'file': r['file'], 'num_examples': r['num_examples']} for r in shards],
+        'shards': [{k: r[k] for k in ('file', 'num_examples', 'bytes', 'crc32') if k in r}
+                   for r in shards],
         'corrupt': [c for r in shards for c in r['corrupt']]}
     image_bytes += sum(r['image_bytes'] for r in shards)
     corrupt += manifest['splits'][name]['corrupt']
@@ -292,7 +361,8 @@ def _finish(the_plan: dict, settings: Settings, done: dict, output_dir: str,
   n = the_plan['splits'][name]['num_shards']
   sums = stats_lib.Accumulator()
   for i in range(n):
-    sums.merge(stats_lib.load_sums(os.path.join(output_dir, shard_name(name, i, n) + SUMS)))
+    shard = shard_name(name, i, n, settings.format)
+    sums.merge(stats_lib.load_sums(os.path.join(output_dir, shard + SUMS)))
   stats = sums.result(stats_lib.prepared_source(sums.count, name))
   stats_lib.save(stats, os.path.join(output_dir, stats_lib.PREPARED))
   out(f'Input statistics: {stats.source}: channel mean {stats.channel_mean.round(2)}, '
@@ -301,6 +371,9 @@ def _finish(the_plan: dict, settings: Settings, done: dict, output_dir: str,
   _atomic_write(os.path.join(output_dir, data_sources.MANIFEST),
                 json.dumps(manifest, indent=1, sort_keys=True))
   return manifest
+
+
+_ENCODINGS = {'png': 'PNG', 'raw': 'raw uint8 (.npy shards)'}
 
 
 def prepare(config, output_dir: str, settings: Settings = Settings(),
@@ -335,7 +408,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
   tasks, done = [], {}
   for name, s in the_plan['splits'].items():
     for i in range(s['num_shards']):
-      path = os.path.join(output_dir, shard_name(name, i, s['num_shards']))
+      path = os.path.join(output_dir, shard_name(name, i, s['num_shards'], settings.format))
       if all(tf.io.gfile.exists(path + x) for x in ('', SUMS, '.json')):
         done[(name, i)] = _read_json(path + '.json')  # complete: skipped
       else:
@@ -347,7 +420,7 @@ def prepare(config, output_dir: str, settings: Settings = Settings(),
   out(f'Preparing {what} '
       f'from {json.dumps(the_plan["source"])} into {output_dir}: '
       f'{settings.resize_size}x{settings.resize_size}, '
-      f'{"PNG" if settings.encoding == "png" else f"JPEG quality {settings.jpeg_quality}"}, '
+      f'{_ENCODINGS.get(settings.encoding) or f"JPEG quality {settings.jpeg_quality}"}, '
       f'{min(workers, max(len(tasks), 1))} worker(s); {len(done)} shard(s) already complete.')
   meter = progress.Meter('prepare', total, 'images', done=finished, every_s=5.0,
                          quiet_below_s=0.0, out=out)
@@ -403,6 +476,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS,
                        flag_values=fv)
   flags.DEFINE_bool('lossless', False, 'Store PNG (lossless) instead of JPEG.',
                     flag_values=fv)
+  flags.DEFINE_enum('format', 'jpeg', list(FORMATS),
+                    'jpeg: TFRecords of JPEG (or PNG, --lossless) images, ~22 KB '
+                    'per 256x256 image, decoded while training; raw: uint8 .npy '
+                    'shards, 196,608 bytes per image, no decode (docs/data.md).',
+                    flag_values=fv)
   flags.DEFINE_integer('workers', 0, 'Worker processes; 0 = one per available CPU core.',
                        flag_values=fv)
   flags.DEFINE_list('splits', None, 'Splits to prepare; default the config\'s train '
@@ -426,6 +504,9 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
   try:
     if fv.lossless and fv['jpeg_quality'].present:
       raise PrepareError('--lossless stores PNG; drop --jpeg_quality (or --lossless).')
+    if fv.format == 'raw' and (fv.lossless or fv['jpeg_quality'].present):
+      raise PrepareError('--format=raw stores the pixels themselves; drop '
+                         '--lossless / --jpeg_quality.')
     if not fv.tfds_build and not fv.output_dir:
       raise PrepareError('Pass --output_dir=DIR (the prepared images) and/or '
                          '--tfds_build (prepare the tfds dataset itself).')
@@ -440,9 +521,12 @@ def run(fv: flags.FlagValues = flags.FLAGS) -> None:
             f'{data_sources.tfds_data_dir(config.dataset)} '
             f'({time.monotonic() - start:.0f} s).', flush=True)
     if fv.output_dir:
-      settings = Settings(encoding='png' if fv.lossless else 'jpeg',
-                          jpeg_quality=None if fv.lossless else fv.jpeg_quality,
-                          shard_size=fv.shard_size)
+      if fv.format == 'raw':
+        settings = Settings.raw(shard_size=fv.shard_size)
+      else:
+        settings = Settings(encoding='png' if fv.lossless else 'jpeg',
+                            jpeg_quality=None if fv.lossless else fv.jpeg_quality,
+                            shard_size=fv.shard_size)
       prepare(config, fv.output_dir, settings, fv.splits,
               fv.workers or len(os.sched_getaffinity(0)),
               out=lambda line: print(line, flush=True))

@@ -1,4 +1,4 @@
-r"""Training input pipeline throughput, ours (tf.data) vs the usual PyTorch one.
+r"""Training input pipeline throughput to JAX arrays: raw, prepared JPEG, on the fly, PyTorch.
 
 Both read the same real ImageNet JPEGs (default ../shared/data/imagenet-sample/,
 each file repeated --repeat times) on the same CPU cores: every measurement
@@ -16,6 +16,13 @@ the table reports the median round.
          quality --jpeg_quality; the preparation itself is not timed):
          config.dataset.prepared_dir. Its row also has the decode-only rate of
          the same files (TFRecord parse + tf.io.decode_jpeg, nothing else).
+  raw:   the same train_iterator and recipe on the same images prepared with
+         `prepare --format=raw` (uint8 256x256x3 .npy shards, memory-mapped,
+         from the page cache after the warm-up pass): the draws in tf.data,
+         the 227 crops copied by NumPy in a background thread.
+  raw_tfdata: the same raw store and recipe read the generic way, through
+         tf.data: one tf.numpy_function read of the R x R image per example,
+         then preprocessing.train_example (the alternative the gather beat).
   decode-only of the originals (in ours' rows): the folder's JPEGs read and
          fully decoded (tf.io.read_file + tf.io.decode_jpeg, the shape kept),
          nothing else: what a pipeline that decodes every pixel cannot beat;
@@ -27,10 +34,19 @@ the table reports the median round.
          used: from PyPI it brings a CUDA build of torch and does not import with
          the CPU build (MEASURED.md); its PIL transforms are these PIL calls.
 
+Every pipeline's batches end as JAX arrays (jax.device_put, on the default
+device: the CPU here), inside the timed loop and its CPU time.
+
   pip install -r benchmarks/requirements.txt
   python benchmarks/input_pipeline.py --cores=1,2 --output=/tmp/input_pipeline.json
+  python benchmarks/input_pipeline.py --cores=1 --batch=128 \
+      --pipelines=raw,raw_tfdata,prepared,ours,torch     # the 2026-12-07 table
 
-Rows: key ('ours', 'prepared', 'torch', ...), img_per_cpu_second,
+Rows: key ('raw', 'prepared', 'ours', 'torch', ...), img_per_cpu_second,
+stored_bytes_per_image (the format on disk: raw and prepared from their
+manifests, the originals' mean file size for ours and torch),
+cores_per_gpu_at_100k (100,000 / img_per_cpu_second), for 'raw'
+vs_prepared_per_cpu_second (and its single rounds' ratios),
 bytes_per_image (the bytes of one training example as the iterator yields it:
 the nbytes of every array of a batch / batch size), for 'prepared', 'ours' and
 'ours_antialias' decode_only_img_per_cpu_second of their own files and
@@ -77,7 +93,12 @@ def tree_cpu_seconds(pid: int) -> float:
       fields = f.read().rsplit(')', 1)[1].split()
   except FileNotFoundError:
     return 0.0
-  total = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+  return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK') + children_cpu_seconds(pid)
+
+
+def children_cpu_seconds(pid: int) -> float:
+  """CPU seconds of a process's children and their descendants (Linux /proc, in ticks)."""
+  total = 0.0
   for task in os.listdir(f'/proc/{pid}/task'):
     try:
       with open(f'/proc/{pid}/task/{task}/children') as f:
@@ -87,16 +108,23 @@ def tree_cpu_seconds(pid: int) -> float:
   return total
 
 
+def cpu_seconds() -> float:
+  """This process's CPU seconds, all its threads (time.process_time: finer than
+  /proc's 10 ms ticks, which a 0.2 s raw measurement would feel), plus its
+  children's (DataLoader workers)."""
+  return time.process_time() + children_cpu_seconds(os.getpid())
+
+
 class Timer:
   """Wall seconds and CPU seconds (this process and its children) of a block."""
 
   def __enter__(self):
-    self.wall, self.cpu = time.perf_counter(), tree_cpu_seconds(os.getpid())
+    self.wall, self.cpu = time.perf_counter(), cpu_seconds()
     return self
 
   def __exit__(self, *exc):
     self.wall = time.perf_counter() - self.wall
-    self.cpu = tree_cpu_seconds(os.getpid()) - self.cpu
+    self.cpu = cpu_seconds() - self.cpu
 
 
 def _import_tf():
@@ -107,15 +135,23 @@ def _import_tf():
   return tf
 
 
+def to_jax(batch):
+  """A host batch as JAX arrays on the default device, ready (the timed end point)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.block_until_ready(jax.device_put(batch))
+
+
 def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool,
-             prepared: bool = False):
+             prepared: str = '', tfdata: bool = False):
+  """prepared: '' (the originals, on the fly), PREPARED or RAW (root/<that>);
+  tfdata: RAW read through the generic tf.data path instead of the gather."""
   _import_tf()
   from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from configs import ilsvrc  # pylint: disable=g-import-not-at-top
   config = ilsvrc.get_config()
   if prepared:
     config.dataset.source = 'prepared'
-    config.dataset.prepared_dir = os.path.join(root, PREPARED)
+    config.dataset.prepared_dir = os.path.join(root, prepared)
   else:
     config.dataset.source = 'folder'
     config.dataset.folder = root
@@ -123,13 +159,15 @@ def run_ours(root: str, threads: int, batch: int, passes: int, antialias: bool,
   config.dataset.threads = threads
   config.input.antialias = antialias
   data = input_pipeline.resolve(config)
+  if tfdata:  # the same raw store read through tf.data, one image per map call
+    input_pipeline._raw_fast_path = lambda *_: False  # pylint: disable=protected-access
   steps = data.info.num_train // batch
   it = input_pipeline.train_iterator(data, batch_size=batch)
   for _ in range(steps):  # warm-up pass: tracing, file cache, autotuning
-    next(it)
+    to_jax(next(it))
   with Timer() as t:
     for _ in range(steps * passes):
-      b = next(it)
+      b = to_jax(next(it))
   assert b['image'].shape[0] == batch
   return steps * passes * batch, t, sum(v.nbytes for v in b.values()) / batch
 
@@ -168,11 +206,11 @@ def run_decode_only(root: str, threads: int, batch: int, passes: int,
   it = iter(ds)
   steps = n // batch
   for _ in range(steps):  # warm-up pass
-    next(it)
+    to_jax(next(it).numpy())
   with Timer() as t:
     for _ in range(steps * passes):
-      b = next(it)
-  return steps * passes * batch, t, b.numpy().nbytes / batch
+      b = to_jax(next(it).numpy())
+  return steps * passes * batch, t, b.nbytes / batch
 
 
 class _PilTrainSet:
@@ -222,12 +260,13 @@ def run_torch(root: str, workers: int, batch: int, passes: int):
   loader = torch.utils.data.DataLoader(
       _PilTrainSet(paths, labels), batch_size=batch, shuffle=True, drop_last=True,
       num_workers=workers, persistent_workers=True, prefetch_factor=4)
-  for _ in loader:  # warm-up pass: worker start-up, file cache
-    pass
+  for x, y in loader:  # warm-up pass: worker start-up, file cache
+    to_jax((x.numpy(), y.numpy()))
   count = 0
   with Timer() as t:
     for _ in range(passes):
-      for x, _ in loader:
+      for x, y in loader:
+        to_jax((x.numpy(), y.numpy()))
         count += x.shape[0]
   assert x.shape == (batch, 3, CROP, CROP)
   return count, t, (x.numpy().nbytes + 8 * batch) / batch  # float32 image + int64 label
@@ -243,17 +282,20 @@ def worker_main(args) -> None:
   else:
     count, t, nbytes = run_ours(args.root, args.n, args.batch, args.passes,
                                 antialias=args.pipeline == 'ours_antialias',
-                                prepared=args.pipeline == 'prepared')
+                                prepared={'prepared': PREPARED, 'raw': RAW,
+                                          'raw_tfdata': RAW}.get(args.pipeline, ''),
+                                tfdata=args.pipeline == 'raw_tfdata')
   tick = 1 / os.sysconf('SC_CLK_TCK')  # the resolution of CPU time
   print(json.dumps({'rate': count / t.wall, 'per_cpu_second': count / max(t.cpu, tick),
                     'bytes_per_image': nbytes}))
 
 
-def prepare_folder(root: str, quality: int) -> None:
-  """root/PREPARED: root/train prepared by the project's command (not timed)."""
+def prepare_folder(root: str, quality: int, raw: bool = False) -> None:
+  """root/PREPARED (root/RAW): root/train prepared by the project's command (not timed)."""
   cmd = [sys.executable, '-m', 'alexnet_jax.prepare', '--config=configs/ilsvrc.py',
-         f'--config.dataset.folder={root}', f'--output_dir={os.path.join(root, PREPARED)}',
-         '--splits=train', f'--jpeg_quality={quality}']
+         f'--config.dataset.folder={root}',
+         f'--output_dir={os.path.join(root, RAW if raw else PREPARED)}', '--splits=train']
+  cmd.append('--format=raw' if raw else f'--jpeg_quality={quality}')
   print('$ python ' + ' '.join(cmd[1:]), flush=True)
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
@@ -265,7 +307,10 @@ def prepare_folder(root: str, quality: int) -> None:
 # ------------------------------------------------------------------- driver
 
 PREPARED = 'prepared'  # root/PREPARED: the prepared copy of root/train
+RAW = 'raw'  # root/RAW: the raw (prepare --format=raw) copy of root/train
 PIPELINES = {
+    'raw': 'NumPy gather on memory-mapped raw 256x256 uint8 (prepare --format=raw)',
+    'raw_tfdata': 'the same raw store through tf.data (numpy_function per image + recipe)',
     'ours': 'tf.data (ours): fused decode+crop, flip, PCA, mean image; bilinear',
     'prepared': 'tf.data (ours) on prepared 256x256 JPEGs (alexnet_jax.prepare)',
     'ours_antialias': 'tf.data (ours): same, antialiased bilinear (PIL-like)',
@@ -284,7 +329,7 @@ def main() -> None:
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--passes', type=int, default=2)
   parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--pipelines', default='ours,prepared,torch',
+  parser.add_argument('--pipelines', default='raw,prepared,ours,torch',
                       help=f'Comma-separated, of {",".join(PIPELINES)}.')
   parser.add_argument('--jpeg_quality', type=int, default=90,
                       help='JPEG quality of the prepared images.')
@@ -314,12 +359,19 @@ def main() -> None:
     runs += [x for x in (p, DECODE_ONLY.get(p)) if x and x not in runs]
   results = {(p, n): [] for p in runs for n in cores}
   prepared_bytes = None
+  originals = [os.path.join(args.data, f) for f in os.listdir(args.data)
+               if f.lower().endswith(('.jpeg', '.jpg'))]
+  stored = {k: sum(map(os.path.getsize, originals)) / len(originals)
+            for k in ('ours', 'ours_antialias', 'torch')}  # bytes per stored image
   with tempfile.TemporaryDirectory() as root:
     num = make_folder(args.data, args.repeat, root)
-    if 'prepared' in pipelines:
-      prepare_folder(root, args.jpeg_quality)
-      with open(os.path.join(root, PREPARED, 'manifest.json')) as f:
-        prepared_bytes = json.load(f)['bytes_per_image']
+    for key, directory in (('prepared', PREPARED), ('raw', RAW)):
+      if key in pipelines or (key == 'raw' and 'raw_tfdata' in pipelines):
+        prepare_folder(root, args.jpeg_quality, raw=key == 'raw')
+        with open(os.path.join(root, directory, 'manifest.json')) as f:
+          stored[key] = json.load(f)['bytes_per_image']
+    stored['raw_tfdata'] = stored.get('raw')
+    prepared_bytes = stored.get('prepared')
     print(f'{num} images ({args.repeat} x {num // args.repeat} files in {args.data}), '
           f'batch {args.batch}, {args.passes} timed passes, {args.rounds} rounds, '
           f'load average before: {os.getloadavg()[0]:.2f}', flush=True)
@@ -356,9 +408,15 @@ def main() -> None:
         row['vs_decode_only_rounds'] = [
             a['per_cpu_second'] / b['per_cpu_second']
             for a, b in zip(results[(p, n)], results[(decode_only, n)])]
+      row['stored_bytes_per_image'] = stored[p]
+      row['cores_per_gpu_at_100k'] = 100_000 / row['img_per_cpu_second']
       if p == 'prepared':
-        row['stored_bytes_per_image'] = prepared_bytes
         row['jpeg_quality'] = args.jpeg_quality
+      if p == 'raw' and 'prepared' in pipelines:
+        row['vs_prepared_per_cpu_second'] = row['img_per_cpu_second'] / median(
+            'prepared', 'per_cpu_second')
+        row['vs_prepared_rounds'] = [a['per_cpu_second'] / b['per_cpu_second'] for a, b in
+                                     zip(results[('raw', n)], results[('prepared', n)])]
       if 'torch' in pipelines:
         row['vs_torch_per_cpu_second'] = row['img_per_cpu_second'] / median(
             'torch', 'per_cpu_second')
@@ -378,6 +436,13 @@ def main() -> None:
                  f'{r["img_per_s"]:.0f} | {r["img_per_s_per_core"]:.0f} | '
                  f'{r["img_per_cpu_second"]:.0f} | {vs} | {r["bytes_per_image"]:,.0f} | '
                  f'{decode} |')
+  lines += ['', '| format (key) | cores | stored bytes/image | img per CPU-second | '
+            'cores per GPU at 100,000 img/s | vs prepared JPEG |', '|---|---|---|---|---|---|']
+  for r in rows:
+    vs = (f'{r["vs_prepared_per_cpu_second"]:.2f}x' if 'vs_prepared_per_cpu_second' in r
+          else '')
+    lines.append(f'| {r["key"]} | {r["cores"]} | {r["stored_bytes_per_image"]:,.0f} | '
+                 f'{r["img_per_cpu_second"]:,.0f} | {r["cores_per_gpu_at_100k"]:.1f} | {vs} |')
   print('\n'.join(lines))
   print(f'load average after: {os.getloadavg()[0]:.2f}. img/s is wall clock on the '
         'pinned cores (lower when other processes share them); img per CPU-second '
