@@ -88,6 +88,11 @@ def test_raw_store_holds_the_lossless_pixels(dirs):
     np.testing.assert_array_equal(split.store.image(i),
                                   tf.io.decode_png(images[name][0]).numpy(), err_msg=name)
     assert split.labels[i] == images[name][1]
+  # The same pass summed the same pixels for the training statistics (sections 2, 4.1).
+  a, b = (np.load(os.path.join(d, 'stats.npz')) for d in (raw, png))
+  assert sorted(a.files) == sorted(b.files)
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_raw_batches_equal_the_prepared_recipe_on_lossless_images(dirs):
