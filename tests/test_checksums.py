@@ -69,12 +69,11 @@ def test_every_single_bit_flip_and_a_swap_change_the_checksum():
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A finished 12-step run (steps 8, 11, 12 kept) and its final state."""
-  workdir = tmp_path_factory.mktemp('trained')
-  state = train.train_and_evaluate(cfg(num_train_steps=STEPS), str(workdir))
-  return workdir, state
+@pytest.fixture
+def trained(reference_run):
+  """A finished 12-step run of cfg() (steps 8, 11, 12 kept) and its final state:
+  tests/conftest.py's reference_run (read only; copy it to change it)."""
+  return reference_run[:2]
 
 
 def flip_a_byte(step_path) -> str:
