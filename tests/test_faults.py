@@ -323,11 +323,9 @@ def test_non_finite_state_is_never_checkpointed_and_a_lower_lr_rerun_finishes(tm
 # --------------------------------------------------------------------------
 
 
-def test_resume_applies_optimizer_changes_and_refuses_trajectory_changes(tmp_path,
-                                                                         reference_run):
-  tmp_path = tmp_path / 'w'
-  shutil.copytree(reference_run[0], tmp_path)   # a finished run of cfg(): 12 steps
-  changed = cfg(**{'num_train_steps': STEPS + 1, 'optimizer.momentum': 0.5,
+def test_resume_applies_optimizer_changes_and_refuses_trajectory_changes(tmp_path):
+  train.train_and_evaluate(cfg(num_train_steps=4), str(tmp_path))
+  changed = cfg(**{'num_train_steps': 5, 'optimizer.momentum': 0.5,
                            'optimizer.weight_decay': 0.0})
   state = train.train_and_evaluate(changed, str(tmp_path))
   hp = state.opt_state.hyperparams
@@ -337,7 +335,7 @@ def test_resume_applies_optimizer_changes_and_refuses_trajectory_changes(tmp_pat
   for key, value in [('batch_size', 16), ('seed', 1), ('optimizer.rule', 'trace_then_scale'),
                      ('schedule.name', 'cosine')]:
     with pytest.raises(resume_policy.ResumeRefusedError, match=key.replace('.', r'\.')):
-      train.train_and_evaluate(cfg(**{'num_train_steps': STEPS + 2, key: value,
+      train.train_and_evaluate(cfg(**{'num_train_steps': 6, key: value,
                                               'optimizer.momentum': 0.5,
                                               'optimizer.weight_decay': 0.0}),
                                str(tmp_path))
