@@ -5,6 +5,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 # Must precede the first `import jax` anywhere in the test session.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -60,6 +62,20 @@ def tiny_config(**overrides):
 def tiny_flags(**overrides) -> list:
   """TINY (and `overrides`) as main's --config.KEY=VALUE flags, on configs/digits.py."""
   return [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]
+
+
+@pytest.fixture(scope='session')
+def reference_run(tmp_path_factory):
+  """One uninterrupted tiny_config run (12 steps, eval.ten_crop False; checkpoints
+  8, 11, 12 kept): (workdir, final state, final_metrics.json). The tests that
+  compare with it or read its checkpoints share it (test_faults, test_checksums,
+  test_predict_faults: one run per test process instead of one per module and
+  test); a test that changes the workdir works on a copy."""
+  import json  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('reference_run')
+  state = train.train_and_evaluate(tiny_config(**{'eval.ten_crop': False}), str(workdir))
+  return workdir, state, json.loads((workdir / 'final_metrics.json').read_text())
 
 
 def pytest_unconfigure(config):

@@ -3,7 +3,7 @@ SIGTERM/SIGINT (in every phase), a stuck step (the watchdog),
 non-finite losses, changed configs, corrupt checkpoints, a full disk,
 concurrent starts, failing evaluations. Lost and stopped processes of a
 multi-process run: tests/test_multiprocess.py. Every run here must end equal to
-one uninterrupted reference run (module fixture `ref`) or fail with a message.
+one uninterrupted reference run (fixture `ref`) or fail with a message.
 
 Subprocess runs choose their fault point with tests/fault_main.py --fault=...; in-process
 runs pass its hook to train.train_and_evaluate(..., hooks=[...]).
@@ -12,6 +12,7 @@ runs pass its hook to train.train_and_evaluate(..., hooks=[...]).
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,12 +55,11 @@ def compilation_cache():
   return jax.config.jax_compilation_cache_dir
 
 
-@pytest.fixture(scope='module')
-def ref(tmp_path_factory):
-  """One uninterrupted run: (final state, final_metrics.json)."""
-  workdir = tmp_path_factory.mktemp('ref')
-  state = train.train_and_evaluate(cfg(num_train_steps=STEPS), str(workdir))
-  return state, json.loads((workdir / 'final_metrics.json').read_text())
+@pytest.fixture
+def ref(reference_run):
+  """One uninterrupted run of cfg(num_train_steps=STEPS): (final state,
+  final_metrics.json); tests/conftest.py's reference_run, which has its workdir."""
+  return reference_run[1:]
 
 
 def assert_state_equal(a, b):
@@ -156,10 +156,11 @@ def test_sigterm_on_a_save_step_and_sigint_stop_with_status_75_then_rerun_equals
   assert_state_equal(ref[0], restored(workdir, ref[0]))
 
 
-def test_best_step_newer_than_the_latest_checkpoint_resumes(tmp_path, ref):
+def test_best_step_newer_than_the_latest_checkpoint_resumes(tmp_path, ref, reference_run):
   """Item 1's state as old code left it: best/11 but no checkpoint >= 11."""
   config = cfg(num_train_steps=STEPS)
-  train.train_and_evaluate(config, str(tmp_path))
+  tmp_path = tmp_path / 'w'
+  shutil.copytree(reference_run[0], tmp_path)   # a finished run of `config`
   for s in steps_of(tmp_path):
     if s >= 11:
       (tmp_path / 'checkpoints' / str(s)).rename(tmp_path / f'gone-{s}')
@@ -359,9 +360,11 @@ def test_resume_policy_table():
 # --------------------------------------------------------------------------
 
 
-def test_corrupt_checkpoints_are_put_aside_and_the_run_falls_back(tmp_path, ref, caplog):
+def test_corrupt_checkpoints_are_put_aside_and_the_run_falls_back(tmp_path, ref, reference_run,
+                                                                  caplog):
   config = cfg(num_train_steps=STEPS)
-  train.train_and_evaluate(config, str(tmp_path))
+  tmp_path = tmp_path / 'w'
+  shutil.copytree(reference_run[0], tmp_path)   # a finished run of `config`
   assert steps_of(tmp_path) == [8, 11, 12]
   # A state of another structure (other code or optimizer) is a mismatch, not corruption.
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), every_steps=1, keep=3, use_async=False)

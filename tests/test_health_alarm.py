@@ -2,6 +2,7 @@
 whole logging window stops the run in one line and puts its checkpoints aside."""
 
 import os
+import re
 
 import pytest
 
@@ -48,8 +49,10 @@ def test_alarm_off_lets_the_run_go_on(tmp_path):
   assert int(state.step) == 8
 
 
-def test_non_finite_loss_message_quotes_the_losses_before_it(tmp_path):
+def test_non_finite_loss_message_names_the_step_and_quotes_the_losses_before_it(tmp_path):
+  """(Also tests/test_train.py's stop at a non-finite loss, naming its step.)"""
   config = tiny_config(**{'optimizer.learning_rate': 1e12, 'num_train_steps': 8,
                           'log_every_steps': 1, 'eval.ten_crop': False})
-  with pytest.raises(train.NonFiniteLossError, match=r'losses before it: (step \d+: |none)'):
+  with pytest.raises(train.NonFiniteLossError, match=r'at step \d') as e:
     train.train_and_evaluate(config, str(tmp_path))
+  assert re.search(r'losses before it: (step \d+: |none)', str(e.value)), e.value

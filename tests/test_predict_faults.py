@@ -3,6 +3,7 @@ among good ones, a stray file named like a checkpoint step."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,14 +14,14 @@ import pytest
 from alexnet_jax import checkpoint as ckpt_lib
 from alexnet_jax import predict
 from alexnet_jax import train
-from tests.test_faults import ROOT, STEPS, cfg
+from tests.test_faults import ROOT, STEPS
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('run')
-  train.train_and_evaluate(cfg(num_train_steps=STEPS), str(path))
-  return path
+@pytest.fixture
+def workdir(reference_run):
+  """A finished run of cfg(num_train_steps=STEPS): tests/conftest.py's
+  reference_run (read only; copy it to change it)."""
+  return reference_run[0]
 
 
 @pytest.fixture
@@ -68,16 +69,13 @@ def test_the_command_writes_the_error_entry_and_exits_1(workdir, images, tmp_pat
 def test_a_stray_file_named_like_a_step_is_skipped(workdir, tmp_path):
   """`touch checkpoints/999`: training skips it (orbax lists directories only);
   predict, ensemble, figures (predict.load_run) and init_from do too."""
+  workdir = shutil.copytree(workdir, tmp_path / 'w')   # the shared run stays as it was
   for sub in ('checkpoints', 'best'):
     (workdir / sub / '999').touch()
-  try:
-    params, _, step = ckpt_lib.load_params(str(workdir))
-    assert step == STEPS
-    assert ckpt_lib.load_params(str(workdir), 'best')[2] in (11, STEPS)
-    assert predict.load_run(str(workdir)).step == STEPS
-    fresh = predict.load_run(str(workdir)).params
-    merged = train.init_params_from(str(workdir), (), fresh)
-    np.testing.assert_array_equal(merged['fc8']['kernel'], params['fc8']['kernel'])
-  finally:
-    for sub in ('checkpoints', 'best'):
-      (workdir / sub / '999').unlink()
+  params, _, step = ckpt_lib.load_params(str(workdir))
+  assert step == STEPS
+  assert ckpt_lib.load_params(str(workdir), 'best')[2] in (11, STEPS)
+  assert predict.load_run(str(workdir)).step == STEPS
+  fresh = predict.load_run(str(workdir)).params
+  merged = train.init_params_from(str(workdir), (), fresh)
+  np.testing.assert_array_equal(merged['fc8']['kernel'], params['fc8']['kernel'])
