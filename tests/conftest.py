@@ -84,13 +84,3 @@ def pytest_unconfigure(config):
   if os.environ.get('ALEXNET_JAX_TEST_CACHE_OWNER') == str(os.getpid()):
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
-
-
-def pytest_collection_modifyitems(config, items):
-  """tests/test_slurm.py first, on one xdist worker (their xdist_group, and
-  pytest.ini's --dist loadgroup): their jobs share the cluster's 2 CPUs and
-  spend much of their time waiting on the scheduler (a requeue's release, a
-  heartbeat, a watchdog), which then overlaps the rest of the suite on the
-  other worker instead of ending it alone."""
-  del config
-  items.sort(key=lambda item: item.get_closest_marker('slurm') is None)

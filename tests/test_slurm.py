@@ -56,7 +56,7 @@ if not SLURM_UP:
   pytest.skip(f'no Slurm with a node of >= 2 CPUs up: start one with `sudo {SCRIPT}`',
               allow_module_level=True)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group('slurm'),
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
               pytest.mark.filterwarnings('ignore:Sharding info not provided')]
 
 # The README's CPU example: no GPUs, one CPU a task.
