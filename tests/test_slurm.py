@@ -143,12 +143,24 @@ def _requeued(job, restarts):
   record = _wait(job, lambda r: r['JobState'] == 'PENDING' and r['Restarts'] == str(restarts),
                  f'requeued ({restarts})')
   deadline = time.monotonic() + TIMEOUT_S
-  while subprocess.run(['scontrol', 'listpids', job], capture_output=True, text=True,
-                       check=False).returncode == 0:
+  while _on_node(job):
     assert time.monotonic() < deadline, f'job {job}: processes left after the requeue'
     time.sleep(0.5)
+  time.sleep(1.5)  # slurmd compares credential times in whole seconds
   subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now'], check=True)
   return record
+
+
+def _on_node(job) -> bool:
+  """Whether any of `job`'s steps still runs on this (the only) node: its
+  processes (`scontrol listpids`), or a step's slurmstepd, which can outlive
+  them by seconds (the batch step ends first; seen: its srun step 3 s later,
+  and a start released in between was refused, 'Job 35 already killed')."""
+  if subprocess.run(['scontrol', 'listpids', job], capture_output=True, text=True,
+                    check=False).returncode == 0:
+    return True
+  return subprocess.run(['pgrep', '-f', rf'^slurmstepd: \[{job}\.'],
+                        capture_output=True, check=False).returncode == 0
 
 
 def _segments(out):
