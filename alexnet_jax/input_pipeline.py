@@ -366,12 +366,8 @@ def raw_draws(seed: tf.Tensor, recipe: pp.Recipe) -> dict:
   same pass gets the same patch from raw as from prepared JPEG/PNG data
   (tests/test_raw.py); 'start': where the patch lies in the stored R x R image.
   """
-  seeds = tf.random.experimental.stateless_split(seed, 3)
+  seeds, flip, alpha = pp.draws(seed, recipe)
   s, r = recipe.crop_size, recipe.resize_size
-  flip = (tf.random.stateless_uniform([], seeds[1]) < 0.5 if recipe.flip
-          else tf.constant(False))
-  alpha = (tf.random.stateless_normal([3], seeds[2], stddev=recipe.pca_std)
-           if recipe.pca_std > 0 else tf.zeros([3]))
   geo = pp.base_geometry(tf.constant([r, r], tf.int32), r, recipe.central_crop)
   if recipe.random_crop:
     offset = tf.random.stateless_uniform(

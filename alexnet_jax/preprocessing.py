@@ -356,6 +356,18 @@ def _paper_crop(image, shape, seed, recipe: Recipe):
                        resampled)
 
 
+def draws(seed: tf.Tensor, recipe: Recipe):
+  """The per-image draws of section 4.1 from `seed` (this image in this pass):
+  (the crop's seed, reflect?, the PCA-lighting alpha (3,)). One function for
+  every reader, so raw and encoded data draw alike (tests/test_raw.py)."""
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  flip = (tf.random.stateless_uniform([], seeds[1]) < 0.5 if recipe.flip
+          else tf.constant(False))
+  alpha = (tf.random.stateless_normal([3], seeds[2], stddev=recipe.pca_std)
+           if recipe.pca_std > 0 else tf.zeros([3]))
+  return seeds, flip, alpha
+
+
 def train_example(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> dict:
   """One training example's host half (section 4.1); alexnet_jax.augment finishes it.
 
@@ -371,12 +383,8 @@ def train_example(image: tf.Tensor, seed: tf.Tensor, recipe: Recipe) -> dict:
   header read, the crop chosen when tracing; a smaller file fails to decode
   and is reported as corrupt.
   """
-  seeds = tf.random.experimental.stateless_split(seed, 3)
+  seeds, flip, alpha = draws(seed, recipe)
   s, r = recipe.crop_size, recipe.resize_size
-  flip = (tf.random.stateless_uniform([], seeds[1]) < 0.5 if recipe.flip
-          else tf.constant(False))
-  alpha = (tf.random.stateless_normal([3], seeds[2], stddev=recipe.pca_std)
-           if recipe.pca_std > 0 else tf.zeros([3]))
   shape = tf.constant([r, r], tf.int32) if recipe.base_jpegs else image_shape(image)
   if recipe.random_resized_crop:
     x = to_uint8(_random_resized_crop(image, shape, seeds[0], recipe))
