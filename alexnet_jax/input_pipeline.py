@@ -367,14 +367,9 @@ def raw_draws(seed: tf.Tensor, recipe: pp.Recipe) -> dict:
   (tests/test_raw.py); 'start': where the patch lies in the stored R x R image.
   """
   seeds, flip, alpha = pp.draws(seed, recipe)
-  s, r = recipe.crop_size, recipe.resize_size
-  geo = pp.base_geometry(tf.constant([r, r], tf.int32), r, recipe.central_crop)
-  if recipe.random_crop:
-    offset = tf.random.stateless_uniform(
-        [2], seeds[0], minval=0, maxval=tf.int32.max, dtype=tf.int32) % (geo.size - s + 1)
-  else:
-    offset = tf.constant((geo.size - s) // 2, tf.int32)
-  return {'offset': offset, 'start': geo.offset + offset, 'flip': flip, 'alpha': alpha}
+  r = recipe.resize_size
+  _, offset, start = pp.patch_window(tf.constant([r, r], tf.int32), seeds[0], recipe)
+  return {'offset': offset, 'start': start, 'flip': flip, 'alpha': alpha}
 
 
 def _raw_train_iterator(data: Input, *, batch_size: int, start_step: int,

@@ -329,13 +329,10 @@ def _random_resized_crop(image, shape, seed, recipe: Recipe) -> tf.Tensor:
                   recipe.antialias)
 
 
-def _paper_crop(image, shape, seed, recipe: Recipe):
-  """Section 4.1's S x S patch of the R x R image: (offset in it, uint8 pixels).
-
-  R x R originals are cropped straight out of the file; others resampled,
-  bilinear with ``rounded_window`` (``fast_train_resample``), antialiased
-  with the exact ``resample``.
-  """
+def patch_window(shape: tf.Tensor, seed: tf.Tensor, recipe: Recipe):
+  """Where section 4.1's S x S patch lies: (base_geometry of `shape`, the
+  patch's offset in the R x R image, its start in the original's pixels).
+  Random (``random_crop``, from `seed`) or the centre."""
   s, r = recipe.crop_size, recipe.resize_size
   geo = base_geometry(shape, r, recipe.central_crop)
   if recipe.random_crop:
@@ -344,7 +341,18 @@ def _paper_crop(image, shape, seed, recipe: Recipe):
         [2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32) % room
   else:
     offset = (geo.size - s) // 2
-  start = geo.offset + offset
+  return geo, offset, geo.offset + offset
+
+
+def _paper_crop(image, shape, seed, recipe: Recipe):
+  """Section 4.1's S x S patch of the R x R image: (offset in it, uint8 pixels).
+
+  R x R originals are cropped straight out of the file; others resampled,
+  bilinear with ``rounded_window`` (``fast_train_resample``), antialiased
+  with the exact ``resample``.
+  """
+  s, r = recipe.crop_size, recipe.resize_size
+  geo, offset, start = patch_window(shape, seed, recipe)
 
   def resampled():
     if recipe.fast_train_resample and not recipe.antialias:
